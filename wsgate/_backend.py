@@ -1,0 +1,182 @@
+"""The backend leg: an Autobahn client (ws:// or wss://) opened per client.
+
+``BackendConnector.connect`` opens the leg and fires once the backend has
+answered its opening handshake, or fails with a ``BackendError`` that says
+which HTTP status the client should get (the backend's own refusal status,
+502 when it cannot be reached, 504 when it is too slow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectingRequest
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from wsgate import _deflate
+from wsgate._closecodes import Side
+from wsgate._config import Backend, Config
+from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
+from wsgate._wsleg import RelayedLeg
+
+_log = Logger(namespace="wsgate")
+
+
+class BackendError(Exception):
+    """The backend leg could not be opened; ``status`` is for the client's answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc]
+    side = Side.BACKEND
+
+    def __init__(self, request: ConnectingRequest) -> None:
+        super().__init__()
+        self._request = request
+        self.opened: defer.Deferred[BackendProtocol] = defer.Deferred()
+        self._refusal: BackendError | None = None
+
+    def onConnecting(self, transport_details: Any) -> ConnectingRequest:
+        return self._request
+
+    def onOpen(self) -> None:
+        if not self.opened.called:
+            self.opened.callback(self)
+
+    def failHandshake(self, reason: str) -> None:
+        status_line = getattr(self, "http_status_line", "") or ""
+        parts = status_line.split(None, 2)
+        if len(parts) >= 2 and parts[1].isdigit() and parts[1] != "101":
+            status = int(parts[1])
+            # The backend's own refusal crosses as it is (403 stays 403); a
+            # backend error (5xx) or redirect is the gateway's failure: 502.
+            code = status if 400 <= status < 500 else 502
+            self._refusal = BackendError(code, f"backend refused the upgrade: {status_line}")
+        else:
+            self._refusal = BackendError(502, f"bad handshake from backend: {reason}")
+        super().failHandshake(reason)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            if self._refusal is not None:
+                failure = self._refusal
+            elif getattr(self, "wasOpenHandshakeTimeout", False):
+                failure = BackendError(
+                    504, "backend did not answer the WebSocket handshake in time"
+                )
+            else:
+                failure = BackendError(
+                    502, f"backend closed the connection during the handshake{_why(reason)}"
+                )
+            self.opened.errback(failure)
+        super().onClose(wasClean, code, reason)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        exc = reason.value
+        if not self.opened.called and exc is not None and is_tls_error(exc):
+            self._refusal = BackendError(502, f"backend TLS failed: {describe_tls_error(exc)}")
+        super().connectionLost(reason)
+
+
+def _why(reason: str | None) -> str:
+    return f" ({reason})" if reason else ""
+
+
+class BackendConnector:
+    """Opens backend legs for one configured backend."""
+
+    def __init__(self, reactor: Any, config: Config, backend: Backend) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._backend = backend
+        self._factory = WebSocketClientFactory(url=backend.url, reactor=reactor)
+        policy = config.backend_deflate
+        self._factory.setProtocolOptions(
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            openHandshakeTimeout=config.handshake_timeout,
+            closeHandshakeTimeout=config.close_timeout,
+            serverConnectionDropTimeout=config.close_timeout,
+            maxMessagePayloadSize=config.autobahn_message_limit,
+            maxFramePayloadSize=0,
+            autoFragmentSize=0,
+            utf8validateIncoming=True,
+            applyMask=True,
+            tcpNoDelay=True,
+            perMessageCompressionOffers=_deflate.client_offers(policy),
+            perMessageCompressionAccept=_deflate.client_accept(policy),
+        )
+        self._tls = backend_tls_options(backend, config) if backend.secure else None
+
+    @property
+    def url(self) -> str:
+        return self._backend.url
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def connect(
+        self,
+        resource: str,
+        headers: Mapping[str, str],
+        protocols: Sequence[str],
+        origin: str | None,
+        useragent: str | None,
+    ) -> defer.Deferred[BackendProtocol]:
+        backend = self._backend
+        request = ConnectingRequest(
+            host=backend.host,
+            port=backend.port,
+            resource=resource,
+            headers=dict(headers),
+            useragent=useragent,
+            origin=origin,
+            protocols=list(protocols),
+        )
+        protocol = BackendProtocol(request)
+        protocol.factory = self._factory
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(  # type: ignore[assignment]
+            self._reactor, backend.host, backend.port, timeout=self._config.connect_timeout
+        )
+        if self._tls is not None:
+            endpoint = wrapClientTLS(self._tls, endpoint)
+
+        connecting = connectProtocol(endpoint, protocol)
+
+        def connect_failed(failure: Failure) -> Failure:
+            if failure.check(defer.CancelledError):
+                return failure
+            if failure.check(error.TimeoutError):
+                raise BackendError(504, f"connecting to backend {backend.url} timed out")
+            raise BackendError(502, f"backend {backend.url} unreachable: {_short(failure.value)}")
+
+        connecting.addErrback(connect_failed)
+
+        def cancel(d: defer.Deferred[BackendProtocol]) -> None:
+            connecting.cancel()
+            if protocol.transport is not None:
+                protocol.dropConnection(abort=True)
+
+        result: defer.Deferred[BackendProtocol] = defer.Deferred(cancel)
+        connecting.addCallbacks(lambda _: protocol.opened, lambda f: f)
+        connecting.chainDeferred(result)
+        return result
+
+
+def _short(exc: BaseException | None) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+__all__ = ["BackendConnector", "BackendError", "BackendProtocol"]

@@ -1,0 +1,205 @@
+"""Per-leg permessage-deflate policy, and the Autobahn hooks made from it.
+
+Pure: parsing a policy, filtering a client's offers, building offers and
+accept functions. Each leg negotiates on its own, so any mix of compressing
+and non-compressing peers works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+
+EXTENSION = "permessage-deflate"
+#: zlib rejects 8 for raw deflate streams, so 8 does not interoperate.
+WINDOW_BITS = range(9, 16)
+MEM_LEVELS = range(1, 10)
+
+_POLICY_KEYS = ("window_bits", "mem_level", "no_context_takeover")
+
+
+@dataclass(frozen=True, slots=True)
+class DeflatePolicy:
+    """What wsgate negotiates on one leg.
+
+    ``window_bits`` caps the window of the stream wsgate compresses *and*
+    asks the peer to cap its own (less memory per connection, less
+    compression). ``no_context_takeover`` asks for a fresh compressor per
+    message in both directions: cheap idle connections, worse ratios.
+    """
+
+    enabled: bool = True
+    window_bits: int | None = None
+    mem_level: int | None = None
+    no_context_takeover: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window_bits is not None and self.window_bits not in WINDOW_BITS:
+            raise ValueError(f"window_bits must be 9 to 15, not {self.window_bits}")
+        if self.mem_level is not None and self.mem_level not in MEM_LEVELS:
+            raise ValueError(f"mem_level must be 1 to 9, not {self.mem_level}")
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "off"
+        parts = ["on"]
+        if self.window_bits is not None:
+            parts.append(f"window_bits={self.window_bits}")
+        if self.mem_level is not None:
+            parts.append(f"mem_level={self.mem_level}")
+        if self.no_context_takeover:
+            parts.append("no_context_takeover")
+        return ",".join(parts)
+
+
+OFF = DeflatePolicy(enabled=False)
+
+
+def parse_policy(text: str) -> DeflatePolicy:
+    """Parse ``on``, ``off`` or ``on,window_bits=12,mem_level=4,no_context_takeover``.
+
+    Raises ValueError with a message that says what is valid.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    head = parts[0].lower()
+    if head == "off" and len(parts) == 1:
+        return OFF
+    if head != "on":
+        raise ValueError(
+            f"{text!r}: expected 'on', 'off' or 'on,KEY=VALUE,...' "
+            f"with keys {', '.join(_POLICY_KEYS)}"
+        )
+    values: dict[str, Any] = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in _POLICY_KEYS:
+            raise ValueError(f"{part!r}: unknown deflate setting; valid: {', '.join(_POLICY_KEYS)}")
+        if key in values:
+            raise ValueError(f"{key!r} given twice")
+        if key == "no_context_takeover":
+            if sep:
+                raise ValueError("no_context_takeover takes no value")
+            values[key] = True
+            continue
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {key} needs a whole number") from None
+    return DeflatePolicy(**values)
+
+
+def usable_extensions(
+    extensions: Iterable[tuple[str, dict[str, list[Any]]]],
+) -> list[tuple[str, dict[str, list[Any]]]]:
+    """Drop permessage-deflate offers Autobahn could not parse.
+
+    Autobahn answers a malformed offer with HTTP 400 for the whole
+    handshake; RFC 7692 says to decline the offer instead. Other extensions
+    pass through untouched (Autobahn ignores the ones it does not know).
+    """
+    kept = []
+    for name, params in extensions:
+        if name == EXTENSION:
+            try:
+                PerMessageDeflateOffer.parse(params)
+            except Exception:  # Autobahn raises bare Exception for bad offers
+                continue
+        kept.append((name, params))
+    return kept
+
+
+def server_accept(policy: DeflatePolicy) -> Callable[[Sequence[Any]], Any]:
+    """The ``perMessageCompressionAccept`` function for the client leg."""
+
+    def accept(offers: Sequence[Any]) -> PerMessageDeflateOfferAccept | None:
+        if not policy.enabled:
+            return None
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return _accept_offer(policy, offer)
+        return None
+
+    return accept
+
+
+def _accept_offer(
+    policy: DeflatePolicy, offer: PerMessageDeflateOffer
+) -> PerMessageDeflateOfferAccept:
+    bits = policy.window_bits
+    request_bits = 0
+    if bits is not None and offer.accept_max_window_bits:
+        request_bits = bits
+    window_bits = None
+    if bits is not None:
+        requested = offer.request_max_window_bits
+        window_bits = min(bits, requested) if requested else bits
+    return PerMessageDeflateOfferAccept(
+        offer,
+        request_no_context_takeover=policy.no_context_takeover and offer.accept_no_context_takeover,
+        request_max_window_bits=request_bits,
+        no_context_takeover=True if policy.no_context_takeover else None,
+        window_bits=window_bits,
+        mem_level=policy.mem_level,
+    )
+
+
+def client_offers(policy: DeflatePolicy) -> list[PerMessageDeflateOffer]:
+    """The ``perMessageCompressionOffers`` for the backend leg."""
+    if not policy.enabled:
+        return []
+    return [
+        PerMessageDeflateOffer(
+            accept_no_context_takeover=True,
+            accept_max_window_bits=True,
+            request_no_context_takeover=policy.no_context_takeover,
+            request_max_window_bits=policy.window_bits or 0,
+        )
+    ]
+
+
+def client_accept(policy: DeflatePolicy) -> Callable[[Any], Any]:
+    """The ``perMessageCompressionAccept`` function for the backend leg."""
+
+    def accept(response: Any) -> PerMessageDeflateResponseAccept | None:
+        if not policy.enabled or not isinstance(response, PerMessageDeflateResponse):
+            return None
+        window_bits = None
+        if policy.window_bits is not None:
+            limit = response.client_max_window_bits
+            window_bits = min(policy.window_bits, limit) if limit else policy.window_bits
+        return PerMessageDeflateResponseAccept(
+            response,
+            no_context_takeover=True if policy.no_context_takeover else None,
+            window_bits=window_bits,
+            mem_level=policy.mem_level,
+        )
+
+    return accept
+
+
+def describe_in_use(extensions: Iterable[Any]) -> str:
+    """One short text for the log line: what a leg negotiated."""
+    names = []
+    for ext in extensions:
+        state = getattr(ext, "__json__", None)
+        if state is None:
+            names.append(str(ext))
+            continue
+        js = state()
+        names.append(
+            f"{js.get('extension', EXTENSION)}"
+            f"(server_bits={js.get('server_max_window_bits')},"
+            f"client_bits={js.get('client_max_window_bits')},"
+            f"server_nct={js.get('server_no_context_takeover')},"
+            f"client_nct={js.get('client_no_context_takeover')})"
+        )
+    return ", ".join(names) or "none"

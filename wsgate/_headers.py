@@ -1,0 +1,141 @@
+"""Which request headers reach the backend, and which response headers reach the client.
+
+Pure: dictionaries in, dictionaries out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+#: Never forwarded: hop-by-hop (RFC 9110 7.6.1), the WebSocket handshake's
+#: own headers (each leg makes its own), and those the backend leg sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "sec-websocket-key",
+        "sec-websocket-extensions",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+        "origin",
+        "user-agent",
+        "pragma",
+        "cache-control",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    }
+)
+
+#: Response headers of the backend's 101 that the client's 101 carries.
+_PASSED_BACK = ("set-cookie",)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """What the client leg knows about the opening handshake."""
+
+    headers: Mapping[str, str]  # lower-case names, as Autobahn parses them
+    peer_host: str | None  # the client's IP address, None for a unix socket
+    secure: bool  # the client leg is TLS
+
+
+def backend_headers(request: ClientRequest) -> dict[str, str]:
+    """Headers for the backend's handshake, beyond what the backend leg writes itself.
+
+    Adds X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239), appending
+    to what an earlier proxy sent, as nginx's ``$proxy_add_x_forwarded_for``
+    does.
+    """
+    named_in_connection = {
+        token.strip().lower()
+        for token in request.headers.get("connection", "").split(",")
+        if token.strip()
+    }
+    out = {
+        name: value
+        for name, value in request.headers.items()
+        if name not in _NOT_FORWARDED and name not in named_in_connection
+    }
+    proto = "https" if request.secure else "http"
+    host = request.headers.get("host", "")
+    if request.peer_host:
+        out["x-forwarded-for"] = _append(request.headers.get("x-forwarded-for"), request.peer_host)
+    out["x-forwarded-proto"] = proto
+    if host:
+        out["x-forwarded-host"] = host
+    element = ";".join(
+        part
+        for part in (
+            f"for={_forwarded_node(request.peer_host)}" if request.peer_host else "for=unknown",
+            f"host={_quote(host)}" if host else "",
+            f"proto={proto}",
+        )
+        if part
+    )
+    out["forwarded"] = _append(request.headers.get("forwarded"), element)
+    return out
+
+
+def client_response_headers(raw_response: bytes) -> dict[str, list[str]]:
+    """Headers of the backend's 101 to repeat in the client's 101.
+
+    Read from the raw response, not Autobahn's parsed dict, which joins
+    repeated headers with commas (and Set-Cookie values contain commas).
+    """
+    found: dict[str, list[str]] = {}
+    for line in raw_response.decode("iso-8859-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        key = name.strip().lower()
+        if sep and key in _PASSED_BACK:
+            found.setdefault(_canonical(key), []).append(value.strip())
+    return found
+
+
+def _append(existing: str | None, value: str) -> str:
+    return f"{existing}, {value}" if existing else value
+
+
+def _forwarded_node(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return _quote(host)
+    if address.version == 6:
+        return f'"[{address}]"'
+    return str(address)
+
+
+def _quote(value: str) -> str:
+    """RFC 7239 value: a token as it is, anything else as a quoted string."""
+    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _canonical(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def join_subprotocols(protocols: Iterable[str]) -> list[str]:
+    """The client's offered subprotocols, in order, without repeats."""
+    seen: dict[str, None] = {}
+    for protocol in protocols:
+        if protocol:
+            seen.setdefault(protocol, None)
+    return list(seen)

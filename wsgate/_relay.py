@@ -1,0 +1,186 @@
+"""The splice between two legs, written once for both directions.
+
+A leg is anything that can send a message piece by piece, close, and pause
+its reading: an Autobahn server or client protocol, or (later) a raw TCP
+stream. The relay does not know which; it moves message pieces from one leg
+to the other, wires backpressure portforward-style, relays the first close,
+and keeps the figures for the connection's closing log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from wsgate import _closecodes
+from wsgate._closecodes import Cause, Close, Side
+
+
+class Clock(Protocol):
+    """The part of IReactorTime the relay uses (a reactor, or a test's Clock)."""
+
+    def seconds(self) -> float: ...
+
+
+class Leg(Protocol):
+    """What the relay needs from one side of a connection."""
+
+    side: Side
+
+    def send_begin(self, binary: bool) -> None:
+        """Start an outgoing message."""
+
+    def send_data(self, data: bytes, final: bool) -> None:
+        """Send a piece of the current message; ``final`` ends it."""
+
+    def send_close(self, close: Close) -> None:
+        """Start the closing handshake (or drop a leg that has none)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def register_producer_of(self, other: Leg) -> None:
+        """Pause ``other``'s reading while this leg's write buffer is full."""
+
+    def unregister_producer(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Direction:
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class _Ending:
+    cause: Cause
+    code: int | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the closing log line reports."""
+
+    upstream: _Direction = field(default_factory=_Direction)  # client -> backend
+    downstream: _Direction = field(default_factory=_Direction)  # backend -> client
+
+
+_log = Logger(namespace="wsgate")
+
+
+class Relay:
+    """Joins a client leg and a backend leg for one connection's lifetime."""
+
+    def __init__(
+        self,
+        client: Leg,
+        backend: Leg,
+        clock: Clock,
+        on_finished: Callable[[Relay], None] | None = None,
+    ) -> None:
+        self._legs = {Side.CLIENT: client, Side.BACKEND: backend}
+        self._clock = clock
+        self._on_finished = on_finished
+        self._started = False
+        self._pending: list[tuple[Side, Callable[..., None], tuple[Any, ...]]] = []
+        self._first_close: tuple[Side, _Ending] | None = None
+        self._closed: dict[Side, tuple[int | None, str]] = {}
+        self.stats = Stats()
+        self.opened_at = clock.seconds()
+
+    def _other(self, side: Side) -> Leg:
+        return self._legs[Side.BACKEND if side is Side.CLIENT else Side.CLIENT]
+
+    def _direction(self, side: Side) -> _Direction:
+        return self.stats.upstream if side is Side.CLIENT else self.stats.downstream
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Both legs are open: deliver what waited, wire backpressure, read."""
+        if self._started:
+            return
+        self._started = True
+        client, backend = self._legs[Side.CLIENT], self._legs[Side.BACKEND]
+        client.register_producer_of(backend)
+        backend.register_producer_of(client)
+        pending, self._pending = self._pending, []
+        for side, method, args in pending:
+            method(side, *args)
+        client.resume_reading()
+        backend.resume_reading()
+
+    def _deliver(self, side: Side, method: Callable[..., None], *args: Any) -> bool:
+        """Queue an event from a leg that opened before the other one did."""
+        if self._started:
+            return True
+        self._pending.append((side, method, args))
+        return False
+
+    # -- messages, from either leg ------------------------------------------
+
+    def message_begin(self, side: Side, binary: bool) -> None:
+        if not self._deliver(side, self.message_begin, binary):
+            return
+        if self._first_close is None:
+            self._direction(side).messages += 1
+            self._other(side).send_begin(binary)
+
+    def message_data(self, side: Side, data: bytes, final: bool) -> None:
+        if not self._deliver(side, self.message_data, data, final):
+            return
+        if self._first_close is None:
+            self._direction(side).bytes += len(data)
+            self._other(side).send_data(data, final)
+
+    # -- endings -------------------------------------------------------------
+
+    def leg_ending(self, side: Side, cause: Cause, code: int | None, reason: str) -> None:
+        """A leg started to end; the first ending is relayed to the other leg."""
+        if not self._deliver(side, self.leg_ending, cause, code, reason):
+            return
+        if self._first_close is not None:
+            return
+        self._first_close = (side, _Ending(cause, code, reason))
+        other = self._other(side)
+        # Its reading may be paused by backpressure from the leg that ended:
+        # it must read again to see its peer's answer to our close.
+        self._legs[side].unregister_producer()
+        other.unregister_producer()
+        other.resume_reading()
+        other.send_close(_closecodes.for_other_leg(side, cause, code, reason))
+
+    def leg_closed(self, side: Side, code: int | None, reason: str) -> None:
+        """A leg's transport is gone. Once both are, the connection is over."""
+        if side in self._closed:
+            return
+        if self._first_close is None:
+            # Gone without a close we saw start (TCP reset, handshake timeout).
+            self._started = True
+            self._pending.clear()
+            self.leg_ending(side, Cause.DROPPED, code, reason)
+        self._closed[side] = (code, reason)
+        if len(self._closed) == 2 and self._on_finished is not None:
+            self._on_finished(self)
+
+    @property
+    def finished(self) -> bool:
+        return len(self._closed) == 2
+
+    def closed_with(self, side: Side) -> tuple[int | None, str] | None:
+        return self._closed.get(side)
+
+    @property
+    def first_close(self) -> tuple[Side, Cause, int | None, str] | None:
+        if self._first_close is None:
+            return None
+        side, ending = self._first_close
+        return side, ending.cause, ending.code, ending.reason
+
+    def duration(self) -> float:
+        return self._clock.seconds() - self.opened_at

@@ -1,0 +1,27 @@
+"""The twistd service: one listener per endpoint string, all relaying to the backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+
+from wsgate._backend import BackendConnector
+from wsgate._config import Config
+from wsgate._frontend import FrontendFactory
+
+
+def make_service(config: Config, reactor: Any) -> service.MultiService:
+    """Build, but do not start, the listeners for ``config``."""
+    top = service.MultiService()
+    connector = BackendConnector(reactor, config, config.backend)
+    factory = FrontendFactory(config, connector, reactor)
+    for description in config.listen:
+        endpoint = endpoints.serverFromString(reactor, description)
+        listener = internet.StreamServerEndpointService(endpoint, factory)
+        # A listener that cannot bind must stop twistd, not leave it running deaf.
+        listener._raiseSynchronously = True
+        listener.setName(description)
+        listener.setServiceParent(top)
+    return top

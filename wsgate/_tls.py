@@ -1,0 +1,77 @@
+"""TLS for both legs: verified wss:// backends, and ALPN on TLS listeners."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
+
+from wsgate._config import ConfigError
+
+if TYPE_CHECKING:
+    from wsgate._config import Backend, Config
+
+
+def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
+    """A trust root made of every certificate in a PEM file."""
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path!r}: {e.strerror}") from None
+    blocks = [
+        b"-----BEGIN CERTIFICATE-----"
+        + chunk.split(b"-----END CERTIFICATE-----")[0]
+        + b"-----END CERTIFICATE-----\n"
+        for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
+    if not blocks:
+        raise ConfigError(f"{where}: {path!r} holds no PEM certificate")
+    try:
+        certs = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise ConfigError(f"{where}: {path!r} has a certificate that cannot be read: {e}") from None
+    return ssl.trustRootFromCertificates(certs)
+
+
+def backend_tls_options(backend: Backend, config: Config) -> Any:
+    """Client TLS for a wss:// backend: the name is checked with service_identity."""
+    if config.backend_insecure:
+        return _Unverified(backend.host)
+    trust = load_ca_file(config.backend_ca) if config.backend_ca else ssl.platformTrust()
+    return ssl.optionsForClientTLS(backend.host, trustRoot=trust, acceptableProtocols=[b"http/1.1"])
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Unverified:
+    """``--backend-insecure``: TLS without checking the certificate or name."""
+
+    def __init__(self, hostname: str) -> None:
+        self._hostname = hostname.encode("idna")
+        self._context = ssl.CertificateOptions(verify=False).getContext()
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(self._hostname)
+        return connection
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    return isinstance(exc, SSL.Error) or type(exc).__name__ == "VerificationError"
+
+
+def describe_tls_error(exc: BaseException) -> str:
+    """Say which check failed, from OpenSSL's error queue or service_identity."""
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        parts = []
+        for item in exc.args[0]:
+            if isinstance(item, tuple) and len(item) == 3:
+                parts.append(item[2] or item[0])
+            else:
+                parts.append(str(item))
+        return "; ".join(p for p in parts if p) or "handshake failed"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,192 @@
+"""What both WebSocket legs share: streaming in, framing out, closing.
+
+Autobahn buffers whole messages unless every ``onMessage*`` hook is
+overridden; here they pass each decoded piece to the relay as it arrives.
+Outgoing pieces are written as complete frames with ``sendFrame``, so a
+ping, pong or close can always go between them; Autobahn's own streaming
+send API is not used because its ``endMessage`` sends a continuation frame
+even when no frame was sent yet (wrong for an empty message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
+
+if TYPE_CHECKING:
+    from wsgate._relay import Leg, Relay
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSING = WebSocketProtocol.STATE_CLOSING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+class RelayedLeg:
+    """Mixin for an Autobahn (Twisted) protocol that is one leg of a relay.
+
+    Must come before the Autobahn class in the bases.
+    """
+
+    side: Side
+    relay: Relay | None = None
+    _tail: bytes = b""
+    _out_opcode: int = 1
+    _out_first: bool = True
+    _ending_told: bool = False
+
+    # Provided by the Autobahn protocol class this is mixed into.
+    state: int
+    transport: Any
+    current_frame: Any
+    current_frame_masker: Any
+    _perMessageCompress: Any
+    failedByMe: bool
+    remoteCloseCode: int | None
+    remoteCloseReason: str | None
+
+    # -- incoming: stream every piece to the relay ---------------------------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)  # type: ignore[misc]  # size accounting
+        self._tail = b""
+        if self.relay is not None:
+            self.relay.message_begin(self.side, isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)  # type: ignore[misc]  # size limit check
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        frame = self.current_frame
+        if frame.fin and self.current_frame_masker.pointer() == frame.length:
+            # The message's last piece: hold it until Autobahn has checked the
+            # message's end (UTF-8 complete, deflate trailer), then send it as
+            # the final frame, so one small message stays one frame.
+            self._tail = payload
+        elif payload and self.relay is not None:
+            self.relay.message_data(self.side, payload, False)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        tail, self._tail = self._tail, b""
+        if self.relay is not None:
+            self.relay.message_data(self.side, tail, True)
+
+    # -- outgoing: complete frames only ---------------------------------------
+
+    def send_begin(self, binary: bool) -> None:
+        self._out_opcode = 2 if binary else 1
+        self._out_first = True
+        if self.state == _OPEN and self._perMessageCompress is not None:
+            self._perMessageCompress.start_compress_message()
+
+    def send_data(self, data: bytes, final: bool) -> None:
+        if self.state != _OPEN:
+            return
+        pmc = self._perMessageCompress
+        if pmc is not None:
+            payload = pmc.compress_message_data(data) if data else b""
+            if final:
+                # After a message, zlib has nothing left to flush, and
+                # Autobahn's trimmed flush is then b"": not a deflate block the
+                # peer can end with 00 00 ff ff. An empty stored block is b"\x00".
+                payload += pmc.end_compress_message() or (b"" if payload else b"\x00")
+            elif not payload:
+                return
+        elif not data and not final:
+            return
+        else:
+            payload = data
+        if self._out_first:
+            self._out_first = False
+            opcode, rsv = self._out_opcode, (4 if pmc is not None else 0)
+        else:
+            opcode, rsv = 0, 0
+        self.sendFrame(opcode=opcode, payload=payload, fin=final, rsv=rsv)  # type: ignore[attr-defined]
+
+    def send_close(self, close: Close) -> None:
+        if self.state == _OPEN:
+            self.sendCloseFrame(  # type: ignore[attr-defined]
+                code=close.code, reasonUtf8=close.reason_bytes(), isReply=False
+            )
+        elif self.state != _CLOSED and self.state != _CLOSING:
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+    # -- flow control ----------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.state != _CLOSED:
+            self.transport.resumeProducing()
+
+    def register_producer_of(self, other: Leg) -> None:
+        producer = getattr(other, "transport", None)
+        if self.transport is not None and producer is not None:
+            self.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        if self.transport is not None and getattr(self.transport, "producer", 1) is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.unregisterProducer()
+
+    # -- endings ---------------------------------------------------------------
+
+    def _tell_ending(self, cause: Cause, code: int | None, reason: str) -> None:
+        if self._ending_told:
+            return
+        self._ending_told = True
+        if self.relay is not None:
+            self.relay.leg_ending(self.side, cause, code, reason)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # Autobahn's hook for every failure it detects (protocol error, bad
+        # UTF-8, too big): tell the other leg now, not after the timeout.
+        was_open = self.state == _OPEN
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+        if was_open:
+            self._tell_ending(Cause.FAILED, code, reason)
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        was_open = self.state == _OPEN
+        allowed = WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
+        # 1014 (Bad Gateway, RFC 6455 registry) is missing from Autobahn's list
+        # of receivable codes; a gateway must accept and relay it.
+        patch = code == BAD_GATEWAY and code not in allowed
+        if patch:
+            allowed.append(BAD_GATEWAY)
+        try:
+            result: bool | None = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        finally:
+            if patch:
+                allowed.remove(BAD_GATEWAY)
+        if was_open and not self.failedByMe:
+            self._tell_ending(Cause.PEER_CLOSED, self.remoteCloseCode, self.remoteCloseReason or "")
+        return result
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.relay is not None:
+            self._ending_told = True
+            self.relay.leg_closed(self.side, code, reason or "")
+
+    # -- lean hot path ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's version formats debug arguments eagerly on every read.
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+        else:
+            self.transport.write(data)
+
+
+__all__ = ["RelayedLeg", "truncate_reason"]
