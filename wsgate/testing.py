@@ -1,0 +1,219 @@
+"""Helpers for tests that run wsgate for real: ours, and our users'.
+
+``Wsgate`` starts ``twistd -n wsgate`` in a child process on a free
+loopback port and stops it; ``make_tls_files`` writes a throw-away CA and a
+server certificate for 127.0.0.1 / localhost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["TlsFiles", "Wsgate", "free_port", "make_tls_files", "wait_for_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections (or raise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+class Wsgate:
+    """``twistd -n wsgate ARGS`` in a child process, as a context manager.
+
+    With no ``--listen`` in ``args``, listens on a free 127.0.0.1 port
+    (``self.port``; ``self.url`` is ``ws://127.0.0.1:PORT``).
+    """
+
+    def __init__(self, *args: str, log_path: Path | None = None, env: dict[str, str] | None = None):
+        self.args: list[str] = list(args)
+        self.port = free_port()
+        if "--listen" not in self.args and not any(a.startswith("--listen=") for a in self.args):
+            self.args = ["--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: object = None
+
+    def command(self) -> list[str]:
+        # twistd as a user runs it, in the foreground, logging to stdout.
+        run = "from twisted.scripts.twistd import run; run()"
+        return [sys.executable, "-c", run, "-n", "--pidfile=", "wsgate", *self.args]
+
+    def start(self, wait_port: int | None = None) -> Wsgate:
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log_file = out
+        env = dict(os.environ if self._env is None else self._env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
+        wait_for_port(wait_port or self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if hasattr(self._log_file, "close"):
+            self._log_file.close()  # type: ignore[attr-defined]
+        return proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def __enter__(self) -> Wsgate:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    ca_key: Path
+    cert: Path
+    key: Path
+    #: cert and key in one PEM, for Twisted's ``ssl:`` endpoint.
+    combined: Path
+    #: base64 SHA-256 of the server key's SubjectPublicKeyInfo (Chromium's
+    #: ``--ignore-certificate-errors-spki-list``).
+    spki_sha256: str
+
+
+def make_tls_files(
+    directory: Path,
+    names: Sequence[str] = ("localhost", "127.0.0.1"),
+    ca_name: str = "wsgate test CA",
+) -> TlsFiles:
+    """A throw-away CA and a server certificate it signed for ``names``."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_subject)
+        .issuer_name(ca_subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files = TlsFiles(
+        ca_cert=directory / "ca.pem",
+        ca_key=directory / "ca.key",
+        cert=directory / "cert.pem",
+        key=directory / "key.pem",
+        combined=directory / "server.pem",
+        spki_sha256=base64.b64encode(
+            hashlib.sha256(
+                key.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            ).digest()
+        ).decode(),
+    )
+    files.ca_cert.write_bytes(ca.public_bytes(pem))
+    files.ca_key.write_bytes(
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    files.cert.write_bytes(cert.public_bytes(pem))
+    files.key.write_bytes(key_pem)
+    files.combined.write_bytes(key_pem + cert.public_bytes(pem))
+    return files
