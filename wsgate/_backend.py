@@ -49,6 +49,16 @@ class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         return self._request
 
+    def processHandshake(self) -> Any:
+        # Autobahn checks the backend's chosen subprotocol against the
+        # factory's list, not this connection's: lend it ours for the check.
+        factory = self.factory
+        shared, factory.protocols = factory.protocols, self._request.protocols
+        try:
+            return super().processHandshake()
+        finally:
+            factory.protocols = shared
+
     def onOpen(self) -> None:
         if not self.opened.called:
             self.opened.callback(self)

@@ -1,0 +1,34 @@
+# Two commands for a new user:  `make demo` (set up, run wsgate on the shipped
+# example) and `make test` (set up, run the tests). Both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NPM_DIR := tests/node
+
+.PHONY: venv demo test lint clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(NPM_DIR)/node_modules/.installed: $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
+	cd $(NPM_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+demo: venv
+	$(PY) etc/demo.py
+
+test: venv $(NPM_DIR)/node_modules/.installed
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check wsgate twisted tests benchmarks
+	$(VENV)/bin/ruff format --check wsgate twisted tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(NPM_DIR)/node_modules
