@@ -1,4 +1,4 @@
-"""End to end over 127.0.0.1: a ``websockets`` client -> wsgate (twistd) -> a ``websockets`` backend."""
+"""End to end over 127.0.0.1: ``websockets`` client -> wsgate (twistd) -> ``websockets`` backend."""
 
 from __future__ import annotations
 
@@ -105,13 +105,15 @@ def test_subprotocol_chosen_by_backend(wsgate: GateFactory) -> None:
     gate = wsgate("--backend", f"ws://127.0.0.1:{port}")
 
     async def main() -> None:
-        async with backend(port, subprotocols=["v2.chat", "v3.chat"]) as be:
-            async with client(gate.url, subprotocols=["v1.chat", "v3.chat"]) as ws:
-                assert ws.subprotocol == "v3.chat"
-                seen = await be.wait_seen()
-                assert seen.subprotocol == "v3.chat"
-                offered = seen.headers.get_all("Sec-WebSocket-Protocol")
-                assert ", ".join(offered).replace(" ", "") == "v1.chat,v3.chat"
+        async with (
+            backend(port, subprotocols=["v2.chat", "v3.chat"]) as be,
+            client(gate.url, subprotocols=["v1.chat", "v3.chat"]) as ws,
+        ):
+            assert ws.subprotocol == "v3.chat"
+            seen = await be.wait_seen()
+            assert seen.subprotocol == "v3.chat"
+            offered = seen.headers.get_all("Sec-WebSocket-Protocol")
+            assert ", ".join(offered).replace(" ", "") == "v1.chat,v3.chat"
 
     asyncio.run(main())
     assert "subprotocol=v3.chat" in gate.log()
