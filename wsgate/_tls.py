@@ -74,4 +74,6 @@ def describe_tls_error(exc: BaseException) -> str:
             else:
                 parts.append(str(item))
         return "; ".join(p for p in parts if p) or "handshake failed"
+    if type(exc).__name__ == "VerificationError":
+        return f"certificate does not match the backend's name: {exc}"
     return str(exc) or type(exc).__name__

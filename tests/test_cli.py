@@ -1,0 +1,132 @@
+"""``twistd wsgate`` options: bad input is a usage error and a non-zero exit, before any bind."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from wsgate.tap import Options
+from wsgate.testing import TlsFiles, free_port
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+
+
+def _parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults() -> None:
+    config = _parse("--backend", "ws://127.0.0.1:9000/app")["config"]
+    assert config.listen == ("tcp:8080",)
+    assert config.backend.port == 9000 and config.backend.path == "/app"
+    assert config.client_deflate.enabled and config.backend_deflate.enabled
+    assert config.max_message_size == 64 * 1024 * 1024
+
+
+def test_repeatable_listen_and_sizes() -> None:
+    config = _parse(
+        "--listen",
+        "tcp:1",
+        "-l",
+        "unix:/tmp/x.sock",
+        "--backend",
+        "wss://h",
+        "--max-message-size",
+        "0",
+        "--client-deflate",
+        "off",
+    )["config"]
+    assert config.listen == ("tcp:1", "unix:/tmp/x.sock")
+    assert config.backend.port == 443 and config.backend.secure
+    assert config.max_message_size == 0 and not config.client_deflate.enabled
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--backend is required"),
+        (("--backend", "http://x"), "must start with ws:// or wss://"),
+        (("--backend", "ws://"), "has no host"),
+        (("--backend", "ws://h:99999"), "not a valid URL"),
+        (("--backend", "ws://h", "--listen", "tcp:notaport"), "--listen 'tcp:notaport'"),
+        (("--backend", "ws://h", "--listen", "bogus:1"), "--listen 'bogus:1'"),
+        (("--backend", "ws://h", "--client-deflate", "maybe"), "--client-deflate"),
+        (("--backend", "ws://h", "--backend-deflate", "on,window_bits=8"), "9 to 15"),
+        (("--backend", "ws://h", "--max-message-size", "big"), "--max-message-size"),
+        (("--backend", "ws://h", "--connect-timeout", "-1"), "--connect-timeout"),
+        (("--backend", "wss://h", "--backend-ca", "/nonexistent.pem"), "--backend-ca"),
+    ],
+)
+def test_bad_options_name_the_option(args: tuple[str, ...], message: str) -> None:
+    with pytest.raises(usage.UsageError, match=message.replace("(", r"\(")):
+        _parse(*args)
+
+
+def test_missing_certificate_for_ssl_listener_is_an_error() -> None:
+    with pytest.raises(usage.UsageError, match="--listen"):
+        _parse("--backend", "ws://h", "--listen", "ssl:0:privateKey=/nonexistent.pem")
+
+
+def test_twistd_exits_nonzero_before_binding() -> None:
+    port = free_port()
+    result = subprocess.run(
+        [*TWISTD, "wsgate", "--listen", f"tcp:{port}:interface=127.0.0.1", "--backend", "ftp://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "must start with ws:// or wss://" in result.stdout + result.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # nothing was bound
+
+
+def test_twistd_exits_nonzero_when_port_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *TWISTD,
+                "wsgate",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--backend",
+                "ws://127.0.0.1:1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
+
+
+def test_help_lists_the_options() -> None:
+    result = subprocess.run(
+        [*TWISTD, "wsgate", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for option in (
+        "--listen",
+        "--backend",
+        "--client-deflate",
+        "--backend-deflate",
+        "--backend-ca",
+    ):
+        assert option in result.stdout
+
+
+def test_backend_ca_file_is_read(tls_files: TlsFiles) -> None:
+    config = _parse("--backend", "wss://localhost", "--backend-ca", str(tls_files.ca_cert))[
+        "config"
+    ]
+    assert config.backend_ca == str(tls_files.ca_cert)

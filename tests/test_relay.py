@@ -1,0 +1,120 @@
+"""The relay's decisions, with in-memory legs and twisted.internet.testing's Clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.testing import Clock
+
+from wsgate._closecodes import Cause, Close, Side
+from wsgate._relay import Leg, Relay
+
+
+@dataclass
+class FakeLeg:
+    side: Side
+    sent: list[tuple[str, object]] = field(default_factory=list)
+    reading: bool = False
+    producer_of: Leg | None = None
+
+    def send_begin(self, binary: bool) -> None:
+        self.sent.append(("begin", binary))
+
+    def send_data(self, data: bytes, final: bool) -> None:
+        self.sent.append(("data", (data, final)))
+
+    def send_close(self, close: Close) -> None:
+        self.sent.append(("close", close))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def register_producer_of(self, other: Leg) -> None:
+        self.producer_of = other
+
+    def unregister_producer(self) -> None:
+        self.producer_of = None
+
+
+def _pair() -> tuple[FakeLeg, FakeLeg, Relay, Clock, list[Relay]]:
+    clock = Clock()
+    finished: list[Relay] = []
+    client, backend = FakeLeg(Side.CLIENT), FakeLeg(Side.BACKEND)
+    relay = Relay(client, backend, clock, finished.append)
+    return client, backend, relay, clock, finished
+
+
+def test_start_wires_backpressure_both_ways_and_reads() -> None:
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    assert client.producer_of is backend and backend.producer_of is client
+    assert client.reading and backend.reading
+
+
+def test_messages_cross_in_order_both_ways() -> None:
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    relay.message_begin(Side.CLIENT, False)
+    relay.message_data(Side.CLIENT, b"he", False)
+    relay.message_begin(Side.BACKEND, True)
+    relay.message_data(Side.CLIENT, b"llo", True)
+    relay.message_data(Side.BACKEND, b"\x00", True)
+    assert backend.sent == [("begin", False), ("data", (b"he", False)), ("data", (b"llo", True))]
+    assert client.sent == [("begin", True), ("data", (b"\x00", True))]
+    assert (relay.stats.upstream.messages, relay.stats.upstream.bytes) == (1, 5)
+    assert (relay.stats.downstream.messages, relay.stats.downstream.bytes) == (1, 1)
+
+
+def test_events_before_start_wait_in_order() -> None:
+    """A backend may speak (and even close) in the same packet as its 101."""
+    client, backend, relay, _, _ = _pair()
+    relay.message_begin(Side.BACKEND, False)
+    relay.message_data(Side.BACKEND, b"welcome", True)
+    relay.leg_ending(Side.BACKEND, Cause.PEER_CLOSED, 4000, "bye")
+    assert client.sent == []
+    relay.start()
+    assert client.sent == [
+        ("begin", False),
+        ("data", (b"welcome", True)),
+        ("close", Close(4000, "bye")),
+    ]
+
+
+def test_first_close_wins_and_resumes_the_other_leg() -> None:
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    backend.pause_reading()  # held back by a full client buffer
+    relay.leg_ending(Side.CLIENT, Cause.PEER_CLOSED, 1000, "done")
+    relay.leg_ending(Side.BACKEND, Cause.PEER_CLOSED, 1001, "late")
+    assert backend.sent == [("close", Close(1000, "done"))]
+    assert client.sent == []
+    assert backend.reading
+    assert client.producer_of is None and backend.producer_of is None
+
+
+def test_data_after_close_is_not_relayed() -> None:
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    relay.leg_ending(Side.BACKEND, Cause.FAILED, 1007, "bad")
+    relay.message_begin(Side.CLIENT, False)
+    relay.message_data(Side.CLIENT, b"x", True)
+    assert backend.sent == []
+    assert client.sent == [("close", Close(1014, "backend failed (1007: bad)"))]
+
+
+def test_drop_without_close_maps_and_finishes_once() -> None:
+    client, backend, relay, clock, finished = _pair()
+    relay.start()
+    clock.advance(2.5)
+    relay.leg_closed(Side.BACKEND, 1006, "connection lost")
+    assert client.sent == [("close", Close(1011, "backend went away"))]
+    assert relay.first_close == (Side.BACKEND, Cause.DROPPED, 1006, "connection lost")
+    assert finished == []
+    relay.leg_closed(Side.CLIENT, 1011, "backend went away")
+    relay.leg_closed(Side.CLIENT, 1011, "again")
+    assert finished == [relay]
+    assert relay.duration() == 2.5
+    assert relay.closed_with(Side.CLIENT) == (1011, "backend went away")
