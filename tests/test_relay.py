@@ -70,7 +70,7 @@ def test_messages_cross_in_order_both_ways() -> None:
 
 def test_events_before_start_wait_in_order() -> None:
     """A backend may speak (and even close) in the same packet as its 101."""
-    client, backend, relay, _, _ = _pair()
+    client, _backend, relay, _, _ = _pair()
     relay.message_begin(Side.BACKEND, False)
     relay.message_data(Side.BACKEND, b"welcome", True)
     relay.leg_ending(Side.BACKEND, Cause.PEER_CLOSED, 4000, "bye")
@@ -106,7 +106,7 @@ def test_data_after_close_is_not_relayed() -> None:
 
 
 def test_drop_without_close_maps_and_finishes_once() -> None:
-    client, backend, relay, clock, finished = _pair()
+    client, _backend, relay, clock, finished = _pair()
     relay.start()
     clock.advance(2.5)
     relay.leg_closed(Side.BACKEND, 1006, "connection lost")
