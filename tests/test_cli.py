@@ -107,7 +107,10 @@ def test_twistd_exits_nonzero_when_port_taken(tmp_path: Path) -> None:
             timeout=60,
         )
     assert result.returncode != 0
-    assert "Address already in use" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert f"wsgate: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in output
+    assert "Address already in use" in output
+    assert "Traceback" not in output
 
 
 def test_help_lists_the_options() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import endpoints
+from twisted.internet import endpoints, error
 
 from wsgate._backend import BackendConnector
 from wsgate._config import Config
@@ -19,9 +19,19 @@ def make_service(config: Config, reactor: Any) -> service.MultiService:
     factory = FrontendFactory(config, connector, reactor)
     for description in config.listen:
         endpoint = endpoints.serverFromString(reactor, description)
-        listener = internet.StreamServerEndpointService(endpoint, factory)
-        # A listener that cannot bind must stop twistd, not leave it running deaf.
-        listener._raiseSynchronously = True
+        listener = _Listener(endpoint, factory)
         listener.setName(description)
         listener.setServiceParent(top)
     return top
+
+
+class _Listener(internet.StreamServerEndpointService):
+    """A listener that cannot bind stops twistd with one clear line, not a traceback."""
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except error.CannotListenError as e:
+            raise SystemExit(f"wsgate: cannot listen on {self.name!r}: {e.socketError}") from None
