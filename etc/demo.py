@@ -39,7 +39,8 @@ def main() -> int:
         page = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), handler)
         threading.Thread(target=page.serve_forever, daemon=True).start()
         print(
-            "\nwsgate is relaying ws://127.0.0.1:8080/ -> ws://127.0.0.1:9000/ (example echo backend)\n"
+            "\nwsgate is relaying ws://127.0.0.1:8080/ -> ws://127.0.0.1:9000/"
+            " (the example echo backend)\n"
             "  browser:  http://127.0.0.1:8000/demo.html\n"
             "  terminal: .venv/bin/python -m websockets ws://127.0.0.1:8080/\n"
             "Ctrl-C to stop.\n",
