@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import random
 from collections.abc import Callable
@@ -453,3 +455,74 @@ def test_log_lines_open_and_close(wsgate: GateFactory) -> None:
     assert "client=4000 'done'" in line
     assert "backend=4000 'done'" in line
     assert "up=1 msgs/5 B" in line and "down=1 msgs/5 B" in line
+
+
+def test_frames_sent_before_the_101_are_kept_in_order(wsgate: GateFactory) -> None:
+    """A client that pipelines frames behind its handshake loses none of them."""
+    port = free_port()
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--client-deflate", "off")
+
+    def frame(text: bytes) -> bytes:
+        return bytes([0x81, 0x80 | len(text)]) + b"\x00\x00\x00\x00" + text
+
+    async def main() -> None:
+        async with backend(port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                + frame(b"one")
+                + frame(b"two")
+                + frame(b"three")
+            )
+            async with asyncio.timeout(TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 101 ")
+                bodies = []
+                for _ in range(3):
+                    header = await reader.readexactly(2)
+                    bodies.append(await reader.readexactly(header[1]))
+            writer.close()
+            assert bodies == [b"one", b"two", b"three"]
+
+    asyncio.run(main())
+
+
+def test_backend_ignoring_close_is_dropped_after_the_close_timeout(wsgate: GateFactory) -> None:
+    """No half-closed leg lingers: a backend that never answers our close is cut off."""
+    port = free_port()
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--close-timeout", "1")
+
+    async def main() -> None:
+        gone = asyncio.Event()
+
+        async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.readuntil(b"\r\n\r\n")
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            # Read (and ignore) everything, never answer a close; note when wsgate hangs up.
+            try:
+                while await reader.read(65536):
+                    pass
+            except ConnectionResetError:
+                pass  # wsgate aborts the connection: also gone
+            gone.set()
+
+        server = await asyncio.start_server(deaf, "127.0.0.1", port)
+        async with server:
+            async with client(gate.url) as ws:
+                await ws.close(1000, "bye")
+            async with asyncio.timeout(10):
+                await gone.wait()
+
+    asyncio.run(main())
