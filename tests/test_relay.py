@@ -16,6 +16,7 @@ class FakeLeg:
     sent: list[tuple[str, object]] = field(default_factory=list)
     reading: bool = False
     producer_of: Leg | None = None
+    finished_ending: int = 0
 
     def send_begin(self, binary: bool) -> None:
         self.sent.append(("begin", binary))
@@ -37,6 +38,9 @@ class FakeLeg:
 
     def unregister_producer(self) -> None:
         self.producer_of = None
+
+    def finish_ending(self) -> None:
+        self.finished_ending += 1
 
 
 def _pair() -> tuple[FakeLeg, FakeLeg, Relay, Clock, list[Relay]]:
@@ -95,14 +99,32 @@ def test_first_close_wins_and_resumes_the_other_leg() -> None:
     assert client.producer_of is None and backend.producer_of is None
 
 
-def test_data_after_close_is_not_relayed() -> None:
+def test_after_an_ending_only_the_other_side_still_talks() -> None:
+    """The leg that ended first says nothing more; the other leg's peer may
+    still be answering (an echo in flight), and that reaches the ended leg."""
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    assert relay.may_hold_failure(Side.CLIENT)
+    relay.leg_ending(Side.CLIENT, Cause.FAILED, 1002, "bad frame")
+    assert not relay.may_hold_failure(Side.BACKEND)
+    relay.message_begin(Side.CLIENT, False)
+    relay.message_data(Side.CLIENT, b"dropped", True)
+    relay.message_begin(Side.BACKEND, False)
+    relay.message_data(Side.BACKEND, b"echo", True)
+    assert backend.sent == [("close", Close(1001, "client failed (1002: bad frame)"))]
+    assert client.sent == [("begin", False), ("data", (b"echo", True))]
+
+
+def test_held_ending_finishes_when_the_other_leg_has_closed() -> None:
     client, backend, relay, _, _ = _pair()
     relay.start()
     relay.leg_ending(Side.BACKEND, Cause.FAILED, 1007, "bad")
-    relay.message_begin(Side.CLIENT, False)
-    relay.message_data(Side.CLIENT, b"x", True)
-    assert backend.sent == []
     assert client.sent == [("close", Close(1014, "backend failed (1007: bad)"))]
+    assert backend.finished_ending == 0
+    relay.leg_closed(Side.CLIENT, 1014, "backend failed (1007: bad)")
+    assert backend.finished_ending == 1
+    relay.leg_closed(Side.BACKEND, 1007, "bad")
+    assert (client.finished_ending, backend.finished_ending) == (0, 1)
 
 
 def test_drop_without_close_maps_and_finishes_once() -> None:

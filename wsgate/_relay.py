@@ -48,6 +48,9 @@ class Leg(Protocol):
 
     def unregister_producer(self) -> None: ...
 
+    def finish_ending(self) -> None:
+        """The other leg has closed; complete this leg's own (held) ending."""
+
 
 @dataclass(slots=True)
 class _Direction:
@@ -124,17 +127,22 @@ class Relay:
 
     # -- messages, from either leg ------------------------------------------
 
+    def _from_open_side(self, side: Side) -> bool:
+        """Messages cross until their own leg ends; the other leg may still
+        take them (its close may be held back to let them through)."""
+        return self._first_close is None or self._first_close[0] is not side
+
     def message_begin(self, side: Side, binary: bool) -> None:
         if not self._deliver(side, self.message_begin, binary):
             return
-        if self._first_close is None:
+        if self._from_open_side(side):
             self._direction(side).messages += 1
             self._other(side).send_begin(binary)
 
     def message_data(self, side: Side, data: bytes, final: bool) -> None:
         if not self._deliver(side, self.message_data, data, final):
             return
-        if self._first_close is None:
+        if self._from_open_side(side):
             self._direction(side).bytes += len(data)
             self._other(side).send_data(data, final)
 
@@ -155,6 +163,11 @@ class Relay:
         other.resume_reading()
         other.send_close(_closecodes.for_other_leg(side, cause, code, reason))
 
+    def may_hold_failure(self, side: Side) -> bool:
+        """Whether a leg that found a protocol error may wait for the other
+        leg to close first: only when that leg is running and still open."""
+        return self._started and self._first_close is None
+
     def leg_closed(self, side: Side, code: int | None, reason: str) -> None:
         """A leg's transport is gone. Once both are, the connection is over."""
         if side in self._closed:
@@ -165,6 +178,9 @@ class Relay:
             self._pending.clear()
             self.leg_ending(side, Cause.DROPPED, code, reason)
         self._closed[side] = (code, reason)
+        first = self._first_close
+        if first is not None and first[0] is not side and first[0] not in self._closed:
+            self._legs[first[0]].finish_ending()
         if len(self._closed) == 2 and self._on_finished is not None:
             self._on_finished(self)
 

@@ -37,6 +37,9 @@ class RelayedLeg:
     _out_opcode: int = 1
     _out_first: bool = True
     _ending_told: bool = False
+    #: A failure found on this leg, held back until the other leg has closed.
+    _held: tuple[int, str] | None = None
+    _in_close_frame: bool = False
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
@@ -51,15 +54,21 @@ class RelayedLeg:
     # -- incoming: stream every piece to the relay ---------------------------
 
     def onMessageBegin(self, isBinary: bool) -> None:
+        if self._held is not None:
+            return
         super().onMessageBegin(isBinary)  # type: ignore[misc]  # size accounting
         self._tail = b""
         if self.relay is not None:
             self.relay.message_begin(self.side, isBinary)
 
     def onMessageFrameBegin(self, length: int) -> None:
+        if self._held is not None:
+            return
         super().onMessageFrameBegin(length)  # type: ignore[misc]  # size limit check
 
     def onMessageFrameData(self, payload: bytes) -> None:
+        if self._held is not None:
+            return
         frame = self.current_frame
         if frame.fin and self.current_frame_masker.pointer() == frame.length:
             # The message's last piece: hold it until Autobahn has checked the
@@ -74,7 +83,7 @@ class RelayedLeg:
 
     def onMessageEnd(self) -> None:
         tail, self._tail = self._tail, b""
-        if self.relay is not None:
+        if self.relay is not None and self._held is None:
             self.relay.message_data(self.side, tail, True)
 
     # -- outgoing: complete frames only ---------------------------------------
@@ -148,13 +157,45 @@ class RelayedLeg:
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # Autobahn's hook for every failure it detects (protocol error, bad
-        # UTF-8, too big): tell the other leg now, not after the timeout.
+        # UTF-8, too big). The other leg is closed first, so what its peer
+        # sent before our close (say, the echo of this peer's last good
+        # message) still reaches this peer; then this leg fails with its code.
+        if self._held is not None:
+            return
+        relay = self.relay
+        if (
+            self.state == _OPEN
+            and relay is not None
+            and not self._in_close_frame
+            and relay.may_hold_failure(self.side)
+        ):
+            self._held = (code, reason)
+            self.failedByMe = True  # Autobahn's own checks stand down
+            self.pause_reading()  # whatever this peer sends now is moot
+            self._tell_ending(Cause.FAILED, code, reason)
+            return
         was_open = self.state == _OPEN
         super()._fail_connection(code, reason)  # type: ignore[misc]
         if was_open:
             self._tell_ending(Cause.FAILED, code, reason)
 
+    def finish_ending(self) -> None:
+        """The other leg has closed: now fail this one, if a failure was held."""
+        held, self._held = self._held, None
+        if held is not None and self.state == _OPEN:
+            super()._fail_connection(*held)  # type: ignore[misc]
+            self.resume_reading()  # to read the peer's answer to our close
+
+    def onPing(self, payload: bytes) -> None:
+        if self._held is None:
+            super().onPing(payload)  # type: ignore[misc]
+
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        held, self._held = self._held, None
+        if held is not None and self.state == _OPEN:
+            # The peer closes while its failure is held: fail now, and take its
+            # close as the answer to ours.
+            super()._fail_connection(*held)  # type: ignore[misc]
         was_open = self.state == _OPEN
         allowed = WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
         # 1014 (Bad Gateway, RFC 6455 registry) is missing from Autobahn's list
@@ -162,9 +203,11 @@ class RelayedLeg:
         patch = code == BAD_GATEWAY and code not in allowed
         if patch:
             allowed.append(BAD_GATEWAY)
+        self._in_close_frame = True  # a bad close frame fails the leg at once
         try:
             result: bool | None = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
         finally:
+            self._in_close_frame = False
             if patch:
                 allowed.remove(BAD_GATEWAY)
         if was_open and not self.failedByMe:
