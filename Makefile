@@ -7,10 +7,14 @@ NPM_DIR := tests/node
 
 .PHONY: venv demo test lint clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A regular install (twistd finds the plugin the way users' installs do),
+# redone whenever the package's sources change.
+SOURCES := $(shell find wsgate twisted -name '*.py')
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
