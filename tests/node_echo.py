@@ -64,6 +64,18 @@ class NodeEcho:
         assert match, f"unexpected first line from echo_server.js: {line!r}"
         self.port = int(match[1])
 
+    def printed(self) -> list[dict[str, Any]]:
+        """Every record printed so far, without waiting for more."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.records
+            if line is None:
+                self.lines.put(None)  # keep the end for whoever waits next
+                return self.records
+            self.records.append(json.loads(line))
+
     def record(self, event: str, index: int = 0) -> dict[str, Any]:
         """The ``index``-th record of ``event`` ("open", "close"), waiting for it."""
         deadline = time.monotonic() + TIMEOUT

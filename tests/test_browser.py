@@ -458,7 +458,7 @@ def test_chromium_rejects_an_untrusted_certificate(
         )
     # Refused in the TLS handshake, by the browser: the backend never heard of it.
     wait_log_line(gate, "certificate unknown")
-    assert node_echo.records == []
+    assert node_echo.printed() == []
 
 
 def test_client_deflate_off(wsgate: GateFactory, node_echo: NodeEcho, page: Page) -> None:
