@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Profile wsgate under one benchmark scenario with py-spy.
+
+    .venv/bin/pip install py-spy
+    .venv/bin/python benchmarks/profile_wsgate.py [--scenario rtt64_50] [--seconds 10]
+
+Runs the benchmark's echo backend and load generator (CPU 0) against one
+wsgate (CPU 1), samples wsgate with ``py-spy record`` while the load runs,
+and writes to OUT (default benchmarks/results/profile-SCENARIO/):
+
+- ``profile.txt``: py-spy's collapsed stacks (speedscope and flamegraph.pl
+  read them);
+- ``profile.md``: the top functions by self and by inclusive share of the
+  samples (idle samples, wsgate waiting in epoll, are left out by py-spy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run as bench  # noqa: E402  (benchmarks/run.py, next to this file)
+
+CLIENTS = {
+    "rtt64_50": (
+        "plain",
+        ["rtt", "--conns", "50", "--size", "64", "--payload", "text"],
+        "/echo",
+    ),
+    "rtt64_1": ("plain", ["rtt", "--conns", "1", "--size", "64", "--payload", "text"], "/echo"),
+    "rtt1k_deflate_50": (
+        "deflate",
+        ["rtt", "--conns", "50", "--size", "1024", "--payload", "compressible", "--deflate"],
+        "/echo",
+    ),
+    "handshake": ("plain", ["handshake", "--concurrency", "8"], "/echo"),
+    "stream1m": ("plain", ["stream"], f"/stream?size={bench.MIB}"),
+}
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def _function(frame: str) -> str:
+    """'dataReceived (twisted/protocols/tls.py:123)' -> without the line number."""
+    frame = _LINE.sub(")", frame.strip())
+    # Shorten site-packages paths to the package path.
+    return re.sub(r"\(.*?/(site-packages|lib/python3\.\d+)/", "(", frame)
+
+
+def summarize(collapsed: Path, top: int) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_function(f) for f in stack.split(";") if f.strip()]
+        # py-spy puts the thread name first: 'process 123:"python ..."' and so on.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    out = [f"{total} samples (idle left out)", ""]
+    for title, counter in (("Self", own), ("Inclusive", inclusive)):
+        out += [f"## {title}", "", "| % | samples | function |", "|---:|---:|---|"]
+        for name, n in counter.most_common(top):
+            out.append(f"| {100 * n / total:.1f} | {n} | `{name}` |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenario", choices=sorted(CLIENTS), default="rtt64_50")
+    p.add_argument("--tls", action="store_true", help="profile the TLS listener")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        p.error("py-spy not found: pip install py-spy")
+    out = args.out or HERE / "results" / f"profile-{args.scenario}{'-tls' if args.tls else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    mode, client, path = CLIENTS[args.scenario]
+    nofile = bench._raise_nofile()
+    bench._ensure_node_modules()
+    procs = bench.Procs()
+    work = Path(tempfile.mkdtemp(prefix="wsgate-profile-"))
+    import os
+
+    from wsgate.testing import make_tls_files
+
+    os.sched_setaffinity(0, {bench.LOADGEN_CPU})
+    try:
+        tls = make_tls_files(work / "tls")
+        with bench._backend(procs, work, nofile) as (ports, backend_pid):
+            env = bench.Env(procs, work, ports, backend_pid, tls, nofile, None, None)
+            gate = bench._start_wsgate(args.tls)(env, mode, False)
+            assert gate.pid is not None
+            extra = ["--ca", str(tls.ca_cert)] if args.tls else []
+            argv = [*client, "--url", gate.url + path, "--warmup", "1", *extra]
+            argv += ["--duration", str(args.seconds + 1)]
+            c = bench.Client(procs, argv, nofile, work / "client.log")
+            deadline = time.monotonic() + args.seconds + 60
+            c.event("start", deadline)
+            a = bench.snapshot(gate.pid, backend_pid)
+            spy_argv = [pyspy, "record", "--pid", str(gate.pid), "--nonblocking"]
+            spy_argv += ["--format", "raw", "--output", str(out / "profile.txt")]
+            spy_argv += ["--duration", str(int(args.seconds)), "--rate", str(args.rate)]
+            spy = subprocess.run(
+                spy_argv,
+                capture_output=True,
+                text=True,
+                timeout=args.seconds + 60,
+            )
+            end = c.event("end", deadline)
+            b = bench.snapshot(gate.pid, backend_pid)
+            c.finish()
+            procs.stop(gate.proc)  # type: ignore[arg-type]
+            if spy.returncode != 0:
+                print(spy.stderr, file=sys.stderr)
+                return 1
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    w = bench.window(a, b, True)
+    head = [
+        f"# wsgate profile: {args.scenario}{' (TLS)' if args.tls else ''}",
+        "",
+        f"py-spy at {args.rate} Hz for {args.seconds:g} s; wsgate at "
+        f"{w['proxy_cpu_pct']:.0f}% of CPU {bench.PROXY_CPU} (other load on it "
+        f"{w['cpu1_other_pct']:.0f}%); client figures: "
+        + ", ".join(
+            f"{k}={end[k]:.4g}"
+            for k in ("msg_per_s", "mb_per_s", "per_s", "p50_us")
+            if isinstance(end.get(k), int | float)
+        ),
+        "",
+    ]
+    md = "\n".join(head) + summarize(out / "profile.txt", args.top)
+    (out / "profile.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
