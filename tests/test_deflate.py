@@ -171,3 +171,11 @@ def _params(header: str) -> dict[str, list[object]]:
         key, _, value = part.strip().partition("=")
         params.setdefault(key, []).append(value if value else True)
     return params
+
+
+def test_default_offer_keeps_context_takeover() -> None:
+    """No client_no_context_takeover hint unless asked: a backend may act on it."""
+    (offer,) = client_offers(DeflatePolicy())
+    assert "no_context_takeover" not in offer.get_extension_string()
+    (offer,) = client_offers(DeflatePolicy(no_context_takeover=True))
+    assert "client_no_context_takeover" in offer.get_extension_string()

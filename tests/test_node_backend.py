@@ -72,13 +72,6 @@ def test_backend_to_gateway_direction_keeps_its_context(
     assert closed["wire_written"] < payload / 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsgate bug: with --backend-deflate on (no no_context_takeover), the backend "
-    "leg's offer still says client_no_context_takeover (Autobahn's "
-    "PerMessageDeflateOffer(accept_no_context_takeover=True) in _deflate.client_offers), "
-    "ws accepts it, and wsgate compresses every upstream message without context",
-)
 def test_gateway_to_backend_direction_keeps_its_context_by_default(
     wsgate: GateFactory, node_echo: NodeEcho
 ) -> None:

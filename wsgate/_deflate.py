@@ -158,7 +158,10 @@ def client_offers(policy: DeflatePolicy) -> list[PerMessageDeflateOffer]:
         return []
     return [
         PerMessageDeflateOffer(
-            accept_no_context_takeover=True,
+            # Autobahn writes this as client_no_context_takeover, a hint the
+            # backend may turn into a fresh compressor per message: only
+            # when the policy asks for it.
+            accept_no_context_takeover=policy.no_context_takeover,
             accept_max_window_bits=True,
             request_no_context_takeover=policy.no_context_takeover,
             request_max_window_bits=policy.window_bits or 0,
