@@ -730,8 +730,9 @@ def run_all(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from wsgate.testing import make_tls_files
 
     nofile = _raise_nofile()
-    # Each idle connection costs the proxy two descriptors.
-    idle_cap = (nofile - 200) // 2
+    # Each idle connection costs the proxy two descriptors; leave room for
+    # connections still closing from the warm-up, logs and listeners.
+    idle_cap = (nofile - 1000) // 2
     if settings.idle_conns > idle_cap:
         _log(f"fd limit {nofile}: idle connections capped at {idle_cap}")
         settings.idle_conns = idle_cap
@@ -1306,6 +1307,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # This process waits on /proc and pipes: keep it off the proxy's CPU.
     os.sched_setaffinity(0, {LOADGEN_CPU})
+    # Stopped by a signal (even from a shell that ignores SIGINT in the
+    # background), still stop every process started so far.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.monotonic()
     data = run_all(args, settings)
     data["meta"]["elapsed_s"] = round(time.monotonic() - start, 1)
