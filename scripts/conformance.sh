@@ -33,12 +33,15 @@
 #   VENV                 the project's venv (default <repo>/.venv, made by `make venv`)
 #   CONFORMANCE_REPORTS  parent of the report directory (default $WSTEST_HOME/reports)
 #   CONFORMANCE_RESULTS  append one tab-separated result line to this file
-#                        (direction, mix, cases, exclude, exit, wall s, figure, report dir)
+#                        (direction, mix, cases, exclude, exit, wall s, figure, report
+#                        dir, number of tracebacks in wsgate.log)
 #   WSTEST_TIMEOUT       limit of the wstest/testee run in seconds (harness default 1800)
 #   WSGATE_ARGS          extra arguments for wsgate, split on spaces
 #
 # Prints the harness's output and summarize.py's summary, then one line
-#   conformance: DIRECTION MIX exit=N wall=Ss cases=... ok=... failed=...
+#   conformance: DIRECTION MIX exit=N wall=Ss cases=... ok=... failed=... wsgate_tracebacks=N
+# (a traceback in wsgate's log is reported, with the first one shown, but does
+# not change the exit status).
 # Exit status: 0 no FAILED case, 1 some FAILED case, 2 harness/run error
 # (wstest error or timeout, no report, wsgate or the backend died or did not
 # start), 3 usage or setup error.
@@ -221,9 +224,9 @@ FIGURE="no report"
 if [ -s "$R/index.json" ]; then
   FIGURE=$("$PY3" "$T/summarize.py" "$R" --quiet --json "$R/summary.json" | tail -n 1)
 fi
-echo "conformance: $DIRECTION $MIX exit=$RC wall=${WALL}s $FIGURE"
+echo "conformance: $DIRECTION $MIX exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
 if [ -n "${CONFORMANCE_RESULTS:-}" ]; then
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$MIX" "$CASES" "${EXCLUDE:--}" \
-    "$RC" "$WALL" "$FIGURE" "$R" >>"$CONFORMANCE_RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$MIX" "$CASES" "${EXCLUDE:--}" \
+    "$RC" "$WALL" "$FIGURE" "$R" "$TRACEBACKS" >>"$CONFORMANCE_RESULTS"
 fi
 exit "$RC"
