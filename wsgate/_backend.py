@@ -23,7 +23,7 @@ from wsgate import _deflate
 from wsgate._closecodes import Side
 from wsgate._config import Backend, Config
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
-from wsgate._wsleg import RelayedLeg
+from wsgate._wsleg import RelayedLeg, leg_options
 
 _log = Logger(namespace="wsgate")
 
@@ -112,17 +112,9 @@ class BackendConnector:
         self._factory = WebSocketClientFactory(url=backend.url, reactor=reactor)
         policy = config.backend_deflate
         self._factory.setProtocolOptions(
-            failByDrop=False,
-            echoCloseCodeReason=True,
+            **leg_options(config),
             openHandshakeTimeout=config.handshake_timeout,
-            closeHandshakeTimeout=config.close_timeout,
             serverConnectionDropTimeout=config.close_timeout,
-            maxMessagePayloadSize=config.autobahn_message_limit,
-            maxFramePayloadSize=0,
-            autoFragmentSize=0,
-            utf8validateIncoming=True,
-            applyMask=True,
-            tcpNoDelay=True,
             perMessageCompressionOffers=_deflate.client_offers(policy),
             perMessageCompressionAccept=_deflate.client_accept(policy),
         )

@@ -23,7 +23,7 @@ from wsgate._backend import BackendConnector, BackendError, BackendProtocol
 from wsgate._closecodes import Side
 from wsgate._config import Config
 from wsgate._relay import Relay
-from wsgate._wsleg import RelayedLeg
+from wsgate._wsleg import RelayedLeg, leg_options
 
 _log = Logger(namespace="wsgate")
 
@@ -182,18 +182,10 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.setProtocolOptions(
             versions=[8, 13],
             webStatus=False,
-            failByDrop=False,
-            echoCloseCodeReason=True,
+            **leg_options(config),
             openHandshakeTimeout=config.connect_timeout + config.handshake_timeout + 5,
-            closeHandshakeTimeout=config.close_timeout,
-            maxMessagePayloadSize=config.autobahn_message_limit,
-            maxFramePayloadSize=0,
-            autoFragmentSize=0,
-            utf8validateIncoming=True,
-            applyMask=True,
             requireMaskedClientFrames=True,
             maskServerFrames=False,
-            tcpNoDelay=True,
             allowedOrigins=["*"],
             allowNullOrigin=True,
             trustXForwardedFor=0,

@@ -18,6 +18,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
 
 if TYPE_CHECKING:
+    from wsgate._config import Config
     from wsgate._relay import Leg, Relay
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -232,4 +233,20 @@ class RelayedLeg:
             self.transport.write(data)
 
 
-__all__ = ["RelayedLeg", "truncate_reason"]
+def leg_options(config: Config) -> dict[str, Any]:
+    """Autobahn options both legs share. Autobahn's setProtocolOptions resets
+    what it is not given, so each factory passes all of these at once."""
+    return {
+        "failByDrop": False,  # a proxy wants the closing handshake
+        "echoCloseCodeReason": True,
+        "closeHandshakeTimeout": config.close_timeout,
+        "maxMessagePayloadSize": config.autobahn_message_limit,
+        "maxFramePayloadSize": 0,  # messages stream; only their size counts
+        "autoFragmentSize": 0,
+        "utf8validateIncoming": True,
+        "applyMask": True,
+        "tcpNoDelay": True,
+    }
+
+
+__all__ = ["RelayedLeg", "leg_options", "truncate_reason"]
