@@ -334,7 +334,9 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 worker_rlimit_nofile {env.nofile};
 events {{
-    worker_connections {env.nofile};
+    # Past 15/16 of worker_connections in use, nginx starts closing
+    # connections it may reuse: leave headroom above the fd limit.
+    worker_connections {2 * env.nofile};
 }}
 http {{
     access_log {d}/access.log;
