@@ -1080,7 +1080,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"{settings['warmup']} s warm-up; memory scenarios in {settings['memory_rounds']} "
         f"round(s); {settings['idle_conns']:,} idle connections, {settings['idle_conns_tls']:,}"
         f" for TLS targets (fd limit {meta['nofile']:,})."
-        " Each cell: the best round, then the spread (max - min) / best across rounds."
+        " Each cell: the best round, then ± half the range (max - min) over the rounds,"
+        " as a share of the best."
         " Ratios compare best figures; TLS targets are compared with nginx-tls."
         " A round trip is one message to the backend and its echo; µs/msg is proxy"
         " CPU (user + system, all threads) per round trip."
@@ -1106,12 +1107,19 @@ def render_markdown(data: dict[str, Any]) -> str:
     for key, title in data["scenarios"].items():
         metrics, ratio_metrics = TABLES[key]
         out += [f"## {title} (`{key}`)", ""]
+        # Ratio columns: to nginx (nginx-tls for TLS targets), and to direct
+        # where direct has the figure at all (it has no proxy CPU or memory).
+        refs = {
+            m: ["nginx"] + (["direct"] if _best(summary, "direct", key, m) is not None else [])
+            for m in ratio_metrics
+        }
+        windowed = any("cpu1_other_pct" in summary.get(t, {}).get(key, {}) for t in summary)
         head = ["target"]
         for m in metrics:
             head.append(METRICS[m][0])
-            if m in ratio_metrics:
-                head += ["x nginx"] + ([] if m.startswith("proxy_") else ["x direct"])
-        head += ["other load CPU 1 %"]
+            head += [f"x {name}" for name in refs.get(m, [])]
+        if windowed:
+            head.append("other load on CPU 1 %")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" + "---:|" * (len(head) - 1))
         for target in data["results"]:
@@ -1127,14 +1135,14 @@ def render_markdown(data: dict[str, Any]) -> str:
                 else:
                     spread = f" ±{s['spread_pct'] / 2:.0f}%" if s["n"] > 1 else ""
                     row.append(f"{format(s['best'], spec)}{spread}")
-                if m in ratio_metrics:
-                    r = data["ratios"].get(target, {}).get(key, {})
-                    ref = reference_of(target, data)
-                    for name in (ref,) if m.startswith("proxy_") else (ref, "direct"):
-                        v = r.get(f"{m}/{name}")
-                        row.append("-" if v is None else f"{v:.2f}")
-            other = cell.get("cpu1_other_pct")
-            row.append("-" if other is None else f"{other['median']:.0f}")
+                r = data["ratios"].get(target, {}).get(key, {})
+                for name in refs.get(m, []):
+                    ref = reference_of(target, data) if name == "nginx" else name
+                    v = r.get(f"{m}/{ref}")
+                    row.append("-" if v is None else f"{v:.2f}")
+            if windowed:
+                other = cell.get("cpu1_other_pct")
+                row.append("-" if other is None else f"{other['median']:.0f}")
             if cell.get("failed"):
                 row[0] += f" ({len(cell['failed'])} failed)"
             out.append("| " + " | ".join(row) + " |")
@@ -1259,14 +1267,16 @@ def report(data: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short windows, 2,000 idle connections")
+    p.add_argument(
+        "--quick", action="store_true", help="one round, short windows, fewer idle conns"
+    )
     p.add_argument("--rounds", type=int, help="rounds of the timed scenarios (default 3; quick 1)")
     p.add_argument("--memory-rounds", type=int, default=1, help="rounds of the memory scenarios")
-    p.add_argument("--duration", type=float, help="measured window, s (default 3; quick 1.5)")
+    p.add_argument("--duration", type=float, help="measured window, s (default 2.5; quick 1.5)")
     p.add_argument("--warmup", type=float, help="warm-up before each window, s (default 1)")
-    p.add_argument("--idle-conns", type=int, help="idle connections (default 10000; quick 2000)")
+    p.add_argument("--idle-conns", type=int, help="idle connections (default 10000; quick 1000)")
     p.add_argument(
-        "--idle-conns-tls", type=int, default=2000, help="idle connections for TLS targets"
+        "--idle-conns-tls", type=int, help="idle connections, TLS targets (default 2000; quick 500)"
     )
     p.add_argument(
         "--targets", help="comma-separated subset of: " + ", ".join(t.name for t in TARGETS)
@@ -1299,9 +1309,9 @@ def main(argv: list[str] | None = None) -> int:
     args.memory_rounds = min(args.memory_rounds, args.rounds)
     settings = Settings(
         warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.0),
-        duration=args.duration or (1.5 if quick else 3.0),
-        idle_conns=args.idle_conns or (2000 if quick else 10000),
-        idle_conns_tls=args.idle_conns_tls,
+        duration=args.duration or (1.5 if quick else 2.5),
+        idle_conns=args.idle_conns or (1000 if quick else 10000),
+        idle_conns_tls=args.idle_conns_tls or (500 if quick else 2000),
         huge_size=256 * MIB,
         huge_rate=(128 if quick else 64) * MIB,
         handshake_concurrency=8,
