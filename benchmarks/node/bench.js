@@ -439,7 +439,8 @@ async function stream(opts) {
     seconds: window.seconds,
     client_cpu_pct: window.client_cpu_pct,
   });
-  ws.pause();
+  // Keep reading (and dropping) what is still in flight until the close
+  // handshake completes: the backend stops sending once it sees our close.
   await closeAll([ws], 3000);
   emit({ event: 'exit' });
   process.exit(0);
