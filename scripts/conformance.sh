@@ -10,7 +10,9 @@
 #                      (tests wsgate's backend leg as a client, relaying from a client)
 #   MIX        CLIENT-BACKEND: wsgate's --client-deflate and --backend-deflate
 #              values, e.g. on-on, on-off, off-on, off-off (any policy string
-#              without a '-', such as on,no_context_takeover, works too)
+#              without a '-', such as on,no_context_takeover, works too). wstest
+#              tests one leg: 12.*/13.* (compression) are UNIMPLEMENTED when
+#              that leg (client leg for client, backend leg for server) is off
 #   CASES      comma-separated wstest case patterns, default "*"
 #   EXCLUDE    comma-separated case patterns to skip, default none
 #
