@@ -140,3 +140,35 @@ def test_drop_without_close_maps_and_finishes_once() -> None:
     assert finished == [relay]
     assert relay.duration() == 2.5
     assert relay.closed_with(Side.CLIENT) == (1011, "backend went away")
+
+
+def test_idle_timeout_counts_from_the_last_message_or_ping() -> None:
+    client, backend, relay, clock, _ = _pair()
+    relay.start()
+    relay.idle_timeout(10)
+    clock.advance(5)
+    relay.message_begin(Side.CLIENT, False)
+    relay.message_data(Side.CLIENT, b"hi", True)
+    clock.advance(9)  # 9 s since the message
+    relay.touch()  # a ping
+    clock.advance(9.5)
+    assert not [s for s in client.sent + backend.sent if s[0] == "close"]
+    clock.advance(0.5)
+    idle = Close(1001, "idle for 10 s")
+    assert client.sent[-1] == ("close", idle) and backend.sent[-1] == ("close", idle)
+    assert client.reading and backend.reading  # to read the answers to the closes
+    assert relay.first_close == (Side.CLIENT, Cause.IDLE, None, "idle for 10 s")
+    # Later endings are not relayed again.
+    relay.leg_ending(Side.BACKEND, Cause.PEER_CLOSED, 1001, "idle for 10 s")
+    assert [s for s in client.sent if s[0] == "close"] == [("close", idle)]
+
+
+def test_no_idle_timeout_by_default_and_none_after_the_end() -> None:
+    client, backend, relay, clock, finished = _pair()
+    relay.start()
+    clock.advance(10_000)
+    assert not client.sent and not backend.sent
+    relay.idle_timeout(1)
+    relay.leg_closed(Side.CLIENT, 1000, "")
+    relay.leg_closed(Side.BACKEND, 1000, "")
+    assert finished and not clock.getDelayedCalls()

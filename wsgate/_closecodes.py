@@ -39,6 +39,8 @@ class Cause(enum.Enum):
     #: The TCP connection went away without a close frame (1006), or a
     #: closing handshake timed out.
     DROPPED = "dropped"
+    #: wsgate closed both legs: nothing crossed for the route's idle_timeout.
+    IDLE = "idle"
 
 
 class Side(enum.Enum):

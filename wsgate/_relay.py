@@ -24,6 +24,8 @@ class Clock(Protocol):
 
     def seconds(self) -> float: ...
 
+    def callLater(self, delay: float, f: Callable[..., Any], /, *args: Any) -> Any: ...
+
 
 class Leg(Protocol):
     """What the relay needs from one side of a connection."""
@@ -95,6 +97,9 @@ class Relay:
         self._closed: dict[Side, tuple[int | None, str]] = {}
         self.stats = Stats()
         self.opened_at = clock.seconds()
+        self._last_activity = self.opened_at
+        self._idle_timeout = 0.0
+        self._idle_call: Any = None
 
     def _other(self, side: Side) -> Leg:
         return self._legs[Side.BACKEND if side is Side.CLIENT else Side.CLIENT]
@@ -144,7 +149,35 @@ class Relay:
             return
         if self._from_open_side(side):
             self._direction(side).bytes += len(data)
+            self._last_activity = self._clock.seconds()
             self._other(side).send_data(data, final)
+
+    # -- idle connections ----------------------------------------------------------
+
+    def touch(self) -> None:
+        """A ping or pong on either leg: the connection is in use."""
+        self._last_activity = self._clock.seconds()
+
+    def idle_timeout(self, seconds: float) -> None:
+        """Close both legs once nothing crossed for ``seconds`` (0: never)."""
+        self._idle_timeout = seconds
+        if seconds > 0 and self._idle_call is None:
+            self._idle_call = self._clock.callLater(seconds, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self._first_close is not None or self.finished:
+            return
+        idle_for = self._clock.seconds() - self._last_activity
+        if idle_for < self._idle_timeout:
+            self._idle_call = self._clock.callLater(self._idle_timeout - idle_for, self._check_idle)
+            return
+        reason = f"idle for {self._idle_timeout:g} s"
+        self._first_close = (Side.CLIENT, _Ending(Cause.IDLE, None, reason))
+        for leg in self._legs.values():
+            leg.unregister_producer()
+            leg.resume_reading()
+            leg.send_close(Close(_closecodes.GOING_AWAY, reason))
 
     # -- endings -------------------------------------------------------------
 
@@ -181,8 +214,12 @@ class Relay:
         first = self._first_close
         if first is not None and first[0] is not side and first[0] not in self._closed:
             self._legs[first[0]].finish_ending()
-        if len(self._closed) == 2 and self._on_finished is not None:
-            self._on_finished(self)
+        if len(self._closed) == 2:
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+            if self._on_finished is not None:
+                self._on_finished(self)
 
     @property
     def finished(self) -> bool:
