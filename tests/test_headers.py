@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgate._headers import ClientRequest, backend_headers, client_response_headers
+from wsgate._headers import ClientRequest, backend_headers, client_response_headers, origin_allowed
 
 
 def _request(headers: dict[str, str], peer: str | None = "192.0.2.7", secure: bool = False):
@@ -84,3 +85,30 @@ def test_never_forwards_hop_by_hop_or_handshake_headers(headers: dict[str, str])
         assert not name.startswith("sec-websocket-")
         assert name not in {"connection", "upgrade", "keep-alive", "te", "host", "origin"}
         assert name not in named or name.startswith("x-forwarded-") or name == "forwarded"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "origin", "allowed"),
+    [
+        (("*",), "https://anything.example", True),
+        (("*",), None, True),
+        (("https://app.example.com",), None, True),  # not a browser
+        (("https://app.example.com",), "https://app.example.com", True),
+        (("https://app.example.com",), "HTTPS://APP.EXAMPLE.COM/", True),
+        (("https://app.example.com",), "http://app.example.com", False),
+        (("https://app.example.com",), "https://app.example.com.evil.org", False),
+        (("https://app.example.com",), "https://app.example.com:8443", False),
+        (("https://*.example.com",), "https://a.example.com", True),
+        (("https://*.example.com",), "https://a.b.example.com", True),
+        (("https://*.example.com",), "https://example.com", False),
+        (("https://*.example.com",), "https://evilexample.com", False),
+        (("https://*.example.com",), "https://a.example.com.evil.org", False),
+        (("http://localhost:*",), "http://localhost:3000", True),
+        (("http://localhost:*",), "http://localhost", True),
+        (("http://localhost:*",), "http://localhost.evil:3000", False),
+        (("null",), "null", True),
+        (("https://app.example.com",), "null", False),
+    ],
+)
+def test_origin_allowed(patterns: tuple[str, ...], origin: str | None, allowed: bool) -> None:
+    assert origin_allowed(patterns, origin) is allowed

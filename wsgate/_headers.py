@@ -5,7 +5,9 @@ Pure: dictionaries in, dictionaries out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -139,3 +141,36 @@ def join_subprotocols(protocols: Iterable[str]) -> list[str]:
         if protocol:
             seen.setdefault(protocol, None)
     return list(seen)
+
+
+def origin_allowed(patterns: Iterable[str], origin: str | None) -> bool:
+    """Whether a request's Origin passes a route's ``origins`` patterns.
+
+    No Origin header (a non-browser client) passes: the check is against
+    cross-site WebSocket hijacking, which needs a browser, and browsers
+    always send one. Patterns are as ``_config.parse_origins`` checks them.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    for pattern in patterns:
+        if pattern == "*" or pattern == origin:
+            return True
+        if "*" in pattern and _origin_pattern(pattern).fullmatch(origin):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_pattern(pattern: str) -> re.Pattern[str]:
+    scheme, _, rest = pattern.partition("://")
+    host, colon, port = rest.partition(":")
+    regex = re.escape(scheme) + "://"
+    regex += (
+        (r"[^/:.]+(\.[^/:.]+)*" + re.escape(host[1:])) if host.startswith("*.") else re.escape(host)
+    )
+    if port == "*":
+        regex += r"(:\d+)?"
+    elif colon:
+        regex += ":" + re.escape(port)
+    return re.compile(regex)
