@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """``make demo``: run wsgate on the shipped example, as a user would.
 
-Starts the example backend on 127.0.0.1:9000, then
-``twistd -n wsgate --listen tcp:8080:interface=127.0.0.1 --backend ws://127.0.0.1:9000``,
-and serves demo.html on http://127.0.0.1:8000/ . Ctrl-C stops all three.
+Starts two example backends on 127.0.0.1:9000 and :9001, then
+``twistd -n wsgate --config etc/wsgate.toml`` (listening on 127.0.0.1:8080),
+and serves demo.html on http://127.0.0.1:8000/ . Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -20,29 +20,29 @@ from wsgate.testing import wait_for_port
 
 HERE = Path(__file__).resolve().parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-WSGATE_ARGS = [
-    "-n", "--pidfile=", "wsgate",
-    "--listen", "tcp:8080:interface=127.0.0.1",
-    "--backend", "ws://127.0.0.1:9000",
-]  # fmt: skip
+WSGATE_ARGS = ["-n", "--pidfile=", "wsgate", "--config", str(HERE / "wsgate.toml")]
+BACKEND_PORTS = (9000, 9001)
 
 
 def main() -> int:
     children = [
-        subprocess.Popen([sys.executable, str(HERE / "example_backend.py"), "--port", "9000"])
+        subprocess.Popen([sys.executable, str(HERE / "example_backend.py"), "--port", str(port)])
+        for port in BACKEND_PORTS
     ]
     try:
-        wait_for_port(9000, proc=children[0])
+        for port, child in zip(BACKEND_PORTS, children, strict=True):
+            wait_for_port(port, proc=child)
         children.append(subprocess.Popen([*TWISTD, *WSGATE_ARGS]))
-        wait_for_port(8080, proc=children[1])
+        wait_for_port(8080, proc=children[-1])
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HERE))
         page = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), handler)
         threading.Thread(target=page.serve_forever, daemon=True).start()
         print(
-            "\nwsgate is relaying ws://127.0.0.1:8080/ -> ws://127.0.0.1:9000/"
-            " (the example echo backend)\n"
+            "\nwsgate (etc/wsgate.toml) is relaying ws://127.0.0.1:8080/ to the example\n"
+            "echo backends on ports 9000 and 9001, in turn; /echo-b to 9001 only.\n"
             "  browser:  http://127.0.0.1:8000/demo.html\n"
             "  terminal: .venv/bin/python -m websockets ws://127.0.0.1:8080/\n"
+            "  health:   curl http://127.0.0.1:8080/healthz\n"
             "Ctrl-C to stop.\n",
             flush=True,
         )

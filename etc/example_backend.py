@@ -25,7 +25,7 @@ class Echo(WebSocketServerProtocol):
 
     def onOpen(self):
         hello = {
-            "hello": "from the example backend",
+            "hello": f"from the example backend {self.factory.name}",
             "backend_leg_extensions": [str(e) for e in self.websocket_extensions_in_use],
             "forwarded": self._headers,
         }
@@ -45,10 +45,12 @@ def accept(offers):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--name", default="", help="said in the greeting")
     args = parser.parse_args()
     log.startLogging(sys.stdout)
     factory = WebSocketServerFactory()
     factory.protocol = Echo
+    factory.name = args.name or f"on port {args.port}"
     factory.setProtocolOptions(perMessageCompressionAccept=accept)
     reactor.listenTCP(args.port, factory, interface="127.0.0.1")
     reactor.run()

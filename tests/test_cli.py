@@ -24,10 +24,15 @@ def _parse(*args: str) -> Options:
 
 def test_defaults() -> None:
     config = _parse("--backend", "ws://127.0.0.1:9000/app")["config"]
-    assert config.listen == ("tcp:8080",)
-    assert config.backend.port == 9000 and config.backend.path == "/app"
-    assert config.client_deflate.enabled and config.backend_deflate.enabled
-    assert config.max_message_size == 64 * 1024 * 1024
+    assert [x.endpoint for x in config.listeners] == ["tcp:8080"]
+    (route,) = config.routes
+    (backend,) = route.backends
+    assert route.prefix == "/" and route.rewrite is None
+    assert backend.port == 9000 and backend.path == "/app"
+    settings = route.settings
+    assert settings.client_deflate.enabled and settings.backend_deflate.enabled
+    assert settings.max_message_size == 64 * 1024 * 1024
+    assert settings.origins == ("*",) and settings.idle_timeout == 0
 
 
 def test_repeatable_listen_and_sizes() -> None:
@@ -43,15 +48,42 @@ def test_repeatable_listen_and_sizes() -> None:
         "--client-deflate",
         "off",
     )["config"]
-    assert config.listen == ("tcp:1", "unix:/tmp/x.sock")
-    assert config.backend.port == 443 and config.backend.secure
-    assert config.max_message_size == 0 and not config.client_deflate.enabled
+    assert [x.endpoint for x in config.listeners] == ["tcp:1", "unix:/tmp/x.sock"]
+    (route,) = config.routes
+    assert route.backends[0].port == 443 and route.backends[0].secure
+    assert route.settings.max_message_size == 0 and not route.settings.client_deflate.enabled
+
+
+def test_routes_and_default_backend() -> None:
+    config = _parse(
+        "--route",
+        "/app=ws://127.0.0.1:9000",
+        "--route",
+        "/vnc2=ws://127.0.0.1:6082",
+        "--backend",
+        "ws://127.0.0.1:6081",
+        "--idle-timeout",
+        "60",
+    )["config"]
+    assert [(r.prefix, r.backends[0].port) for r in config.routes] == [
+        ("/app", 9000),
+        ("/vnc2", 6082),
+        ("/", 6081),
+    ]
+    assert all(r.settings.idle_timeout == 60 for r in config.routes)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "--backend is required"),
+        ((), "--backend, --route or --config is required"),
+        (("--route", "app=ws://h"), "expected PREFIX=URL"),
+        (("--route", "/app"), "expected PREFIX=URL"),
+        (("--route", "/a=ws://h", "--route", "/a=ws://g"), "duplicate"),
+        (("--route", "/a b=ws://h"), "--route /a b"),
+        (("--config", "x.toml", "--backend", "ws://h"), "cannot be combined with --backend"),
+        (("--backend", "ws://h", "--check"), "--check needs --config"),
+        (("--backend", "ws://h", "--idle-timeout", "-5"), "--idle-timeout"),
         (("--backend", "http://x"), "must start with ws:// or wss://"),
         (("--backend", "ws://"), "has no host"),
         (("--backend", "ws://h:99999"), "not a valid URL"),
@@ -132,4 +164,4 @@ def test_backend_ca_file_is_read(tls_files: TlsFiles) -> None:
     config = _parse("--backend", "wss://localhost", "--backend-ca", str(tls_files.ca_cert))[
         "config"
     ]
-    assert config.backend_ca == str(tls_files.ca_cert)
+    assert config.routes[0].settings.backend_ca == str(tls_files.ca_cert)

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from wsgate import _deflate
 from wsgate._closecodes import Side
-from wsgate._config import Backend, Config
+from wsgate._config import Backend, RouteSettings
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
 from wsgate._wsleg import RelayedLeg, leg_options
 
@@ -31,10 +31,14 @@ _log = Logger(namespace="wsgate")
 class BackendError(Exception):
     """The backend leg could not be opened; ``status`` is for the client's answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, retryable: bool = False) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        #: The backend did not get to answer (refused, timed out, TLS, dropped):
+        #: another backend of the route may be tried, and this one's health suffers.
+        self.retryable = retryable
+        self.backend = "?"
 
 
 class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc]
@@ -82,11 +86,13 @@ class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc
                 failure = self._refusal
             elif getattr(self, "wasOpenHandshakeTimeout", False):
                 failure = BackendError(
-                    504, "backend did not answer the WebSocket handshake in time"
+                    504, "backend did not answer the WebSocket handshake in time", retryable=True
                 )
             else:
                 failure = BackendError(
-                    502, f"backend closed the connection during the handshake{_why(reason)}"
+                    502,
+                    f"backend closed the connection during the handshake{_why(reason)}",
+                    retryable=True,
                 )
             self.opened.errback(failure)
         super().onClose(wasClean, code, reason)
@@ -94,7 +100,9 @@ class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         exc = reason.value
         if not self.opened.called and exc is not None and is_tls_error(exc):
-            self._refusal = BackendError(502, f"backend TLS failed: {describe_tls_error(exc)}")
+            self._refusal = BackendError(
+                502, f"backend TLS failed: {describe_tls_error(exc)}", retryable=True
+            )
         super().connectionLost(reason)
 
 
@@ -103,22 +111,22 @@ def _why(reason: str | None) -> str:
 
 
 class BackendConnector:
-    """Opens backend legs for one configured backend."""
+    """Opens backend legs to one backend of a route, with the route's settings."""
 
-    def __init__(self, reactor: Any, config: Config, backend: Backend) -> None:
+    def __init__(self, reactor: Any, settings: RouteSettings, backend: Backend) -> None:
         self._reactor = reactor
-        self._config = config
+        self._settings = settings
         self._backend = backend
         self._factory = WebSocketClientFactory(url=backend.url, reactor=reactor)
-        policy = config.backend_deflate
+        policy = settings.backend_deflate
         self._factory.setProtocolOptions(
-            **leg_options(config),
-            openHandshakeTimeout=config.handshake_timeout,
-            serverConnectionDropTimeout=config.close_timeout,
+            **leg_options(settings),
+            openHandshakeTimeout=settings.handshake_timeout,
+            serverConnectionDropTimeout=settings.close_timeout,
             perMessageCompressionOffers=_deflate.client_offers(policy),
             perMessageCompressionAccept=_deflate.client_accept(policy),
         )
-        self._tls = backend_tls_options(backend, config) if backend.secure else None
+        self._tls = backend_tls_options(backend, settings) if backend.secure else None
 
     @property
     def url(self) -> str:
@@ -149,7 +157,7 @@ class BackendConnector:
         protocol = BackendProtocol(request)
         protocol.factory = self._factory
         endpoint: IStreamClientEndpoint = HostnameEndpoint(  # type: ignore[assignment]
-            self._reactor, backend.host, backend.port, timeout=self._config.connect_timeout
+            self._reactor, backend.host, backend.port, timeout=self._settings.connect_timeout
         )
         if self._tls is not None:
             endpoint = wrapClientTLS(self._tls, endpoint)
@@ -160,8 +168,17 @@ class BackendConnector:
             if failure.check(defer.CancelledError):
                 return failure
             if failure.check(error.TimeoutError):
-                raise BackendError(504, f"connecting to backend {backend.url} timed out")
-            raise BackendError(502, f"backend {backend.url} unreachable: {_short(failure.value)}")
+                raise BackendError(
+                    504, f"connecting to backend {backend.url} timed out", retryable=True
+                )
+            raise BackendError(
+                502, f"backend {backend.url} unreachable: {_short(failure.value)}", retryable=True
+            )
+
+        def name_backend(failure: Failure) -> Failure:
+            if isinstance(failure.value, BackendError):
+                failure.value.backend = backend.url
+            return failure
 
         connecting.addErrback(connect_failed)
 
@@ -172,6 +189,7 @@ class BackendConnector:
 
         result: defer.Deferred[BackendProtocol] = defer.Deferred(cancel)
         connecting.addCallbacks(lambda _: protocol.opened, lambda f: f)
+        connecting.addErrback(name_backend)
         connecting.chainDeferred(result)
         return result
 

@@ -1,22 +1,34 @@
-"""Frozen configuration values, validated once, with errors a user can act on."""
+"""Frozen configuration values, validated once, with errors a user can act on.
+
+The command line and the TOML file both end up here: ``SETTINGS`` describes
+every per-route setting once (its CLI option, TOML key, default, parser and
+documentation), so the two front ends and the README's reference cannot
+disagree.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 from urllib.parse import urlsplit
 
+from wsgate import _deflate
 from wsgate._deflate import DeflatePolicy
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 #: Autobahn treats 0 as "no limit" but then inflates compressed frames with
 #: no bound at all, and its zlib errors escape unhandled; a huge finite
-#: limit keeps both guards in place for "--max-message-size 0".
+#: limit keeps both guards in place for "max_message_size = 0".
 _UNLIMITED = 2**62
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message says which and what is valid."""
+
+
+# -- backends ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +54,14 @@ class Backend:
     def display(self) -> str:
         return self.url
 
+    def __str__(self) -> str:
+        return self.url
+
 
 def parse_backend(url: str, where: str = "--backend") -> Backend:
     """Parse and check a ``ws://`` or ``wss://`` backend URL."""
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: expected a ws:// or wss:// URL string, not {_kind(url)}")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -73,47 +90,441 @@ def parse_backend(url: str, where: str = "--backend") -> Backend:
     )
 
 
+# -- value parsers: (raw value, where) -> value; raise ConfigError ----------------
+
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-def parse_size(text: str, where: str) -> int:
+def _kind(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_size(text: Any, where: str) -> int:
     """Bytes from ``65536``, ``64K``, ``64MiB``, ``1G``; 0 means no limit."""
-    match = _SIZE.match(text)
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"{where}: {text} must not be negative (0 means no limit)")
+        return text
+    match = _SIZE.match(text) if isinstance(text, str) else None
     if not match:
         raise ConfigError(
             f"{where}: {text!r} is not a size; give bytes or a number with K, M or G "
-            "(64M), or 0 for no limit"
+            '("64M"), or 0 for no limit'
         )
     number, unit = match.groups()
     return int(number) * _UNITS[(unit or "")[:1].lower()]
 
 
-def parse_seconds(text: str, where: str) -> float:
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number of seconds, not a boolean")
+    if isinstance(value, int | float):
+        return float(value)
     try:
-        value = float(text)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds") from None
+
+
+def parse_seconds(value: Any, where: str) -> float:
+    seconds = _number(value, where)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{where}: {value!r} must be a positive number of seconds")
+    return seconds
+
+
+def parse_seconds_or_zero(value: Any, where: str) -> float:
+    seconds = _number(value, where)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{where}: {value!r} must be 0 (off) or a positive number of seconds")
+    return seconds
+
+
+def parse_deflate(value: Any, where: str) -> DeflatePolicy:
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: expected "on", "off" or "on,KEY=VALUE,..."')
+    try:
+        return _deflate.parse_policy(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return value.lower() in ("true", "yes", "on")
+    raise ConfigError(f"{where}: expected true or false, not {value!r}")
+
+
+def parse_count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: expected a whole number of at least 1")
+    try:
+        number = int(value)
     except ValueError:
-        raise ConfigError(f"{where}: {text!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ConfigError(f"{where}: {text!r} must be a positive number of seconds")
+        raise ConfigError(f"{where}: {value!r} is not a whole number") from None
+    if number < 1:
+        raise ConfigError(f"{where}: {value!r} must be at least 1")
+    return number
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected an array of strings, not {_kind(value)}")
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Everything ``twistd wsgate`` was told."""
+_ORIGIN = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.\-]*)://(?P<host>[^/?#\s:]+)(:(?P<port>\d+|\*))?$")
 
-    listen: tuple[str, ...]
-    backend: Backend
+
+def parse_origins(value: Any, where: str) -> tuple[str, ...]:
+    """Origin patterns: ``*``, ``null``, or ``scheme://host[:port]`` where the
+    host may start with ``*.`` and the port may be ``*``."""
+    out = []
+    for item in _string_list(value, where):
+        pattern = item.strip().lower().rstrip("/")
+        if pattern in ("*", "null"):
+            out.append(pattern)
+            continue
+        match = _ORIGIN.match(pattern)
+        host = match.group("host") if match else ""
+        if not match or ("*" in host and not (host.startswith("*.") and "*" not in host[2:])):
+            raise ConfigError(
+                f'{where}: {item!r} is not an origin pattern; give "*", "null" or '
+                'scheme://host[:port] such as "https://app.example.com", '
+                '"https://*.example.com" or "http://localhost:*"'
+            )
+        out.append(pattern)
+    return tuple(dict.fromkeys(out))
+
+
+def parse_subprotocols(value: Any, where: str) -> tuple[str, ...]:
+    names = _string_list(value, where)
+    for name in names:
+        if not _TOKEN.match(name):
+            raise ConfigError(f"{where}: {name!r} is not a valid subprotocol name (an HTTP token)")
+    return tuple(dict.fromkeys(names))
+
+
+#: Headers a route may not add or remove: the handshake's own, and the
+#: forwarding headers wsgate writes itself.
+_PROTECTED_HEADERS = frozenset(
+    {
+        "connection",
+        "upgrade",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+
+
+def _header_name(name: str, where: str) -> str:
+    if not _TOKEN.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid header name")
+    if name.lower() in _PROTECTED_HEADERS:
+        raise ConfigError(
+            f"{where}: {name!r} belongs to the WebSocket handshake and cannot be changed"
+        )
+    return name.lower()
+
+
+def parse_add_headers(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: expected a table of header names to values, not {_kind(value)}"
+        )
+    out = []
+    for name, header_value in value.items():
+        key = _header_name(name, where)
+        if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\0"):
+            raise ConfigError(f"{where}: {name}: expected a one-line string value")
+        out.append((key, header_value))
+    return tuple(out)
+
+
+def parse_remove_headers(value: Any, where: str) -> frozenset[str]:
+    return frozenset(_header_name(name, where) for name in _string_list(value, where))
+
+
+def parse_balance(value: Any, where: str) -> str:
+    if value not in ("round-robin", "least-connections"):
+        raise ConfigError(
+            f'{where}: {value!r} is not a balance method; valid: "round-robin", "least-connections"'
+        )
+    return str(value)
+
+
+def parse_ca_file(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected the path of a PEM file")
+    from wsgate._tls import load_ca_file
+
+    load_ca_file(value, where)
+    return value
+
+
+# -- per-route settings ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """What a route may tune; ``[defaults]`` and the command line set them for all."""
+
     client_deflate: DeflatePolicy = field(default_factory=DeflatePolicy)
     backend_deflate: DeflatePolicy = field(default_factory=DeflatePolicy)
-    backend_ca: str | None = None
-    backend_insecure: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
     close_timeout: float = 5.0
+    origins: tuple[str, ...] = ("*",)
+    subprotocols: tuple[str, ...] | None = None
+    add_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: frozenset[str] = frozenset()
+    backend_ca: str | None = None
+    backend_insecure: bool = False
+    balance: str = "round-robin"
+    max_fails: int = 1
+    fail_timeout: float = 10.0
 
     @property
     def autobahn_message_limit(self) -> int:
         return self.max_message_size or _UNLIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One per-route setting: its names, its parser and its documentation."""
+
+    key: str
+    parse: Callable[[Any, str], Any]
+    default: str  # as written in TOML, for the reference
+    doc: str
+    cli: bool = False  # also a --option on the command line
+    example: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "client_deflate",
+        parse_deflate,
+        '"on"',
+        'permessage-deflate on the client leg: "on", "off" or '
+        '"on,window_bits=9..15,mem_level=1..9,no_context_takeover".',
+        cli=True,
+        example='"on,window_bits=12"',
+    ),
+    Setting(
+        "backend_deflate",
+        parse_deflate,
+        '"on"',
+        "permessage-deflate on the backend leg (same values).",
+        cli=True,
+        example='"off"',
+    ),
+    Setting(
+        "max_message_size",
+        parse_size,
+        '"64M"',
+        "Largest message, counted after decompression; a bigger one closes its leg "
+        "with 1009. Bytes, or a number with K, M or G; 0 = no limit.",
+        cli=True,
+        example='"1M"',
+    ),
+    Setting(
+        "connect_timeout",
+        parse_seconds,
+        "10",
+        "Seconds to open the TCP (and TLS) connection to a backend.",
+        cli=True,
+    ),
+    Setting(
+        "handshake_timeout",
+        parse_seconds,
+        "10",
+        "Seconds for a backend's WebSocket handshake.",
+        cli=True,
+    ),
+    Setting(
+        "idle_timeout",
+        parse_seconds_or_zero,
+        "0",
+        "Close both legs with 1001 after this many seconds without a message or "
+        "ping in either direction; 0 = never.",
+        cli=True,
+        example="3600",
+    ),
+    Setting(
+        "close_timeout",
+        parse_seconds,
+        "5",
+        "Seconds a closing handshake may take before the TCP connection is dropped.",
+        cli=True,
+    ),
+    Setting(
+        "origins",
+        parse_origins,
+        '["*"]',
+        "Origins allowed to connect (browsers send one; clients that send none are "
+        'allowed): "*", "null", or scheme://host[:port] with an optional "*." '
+        'host prefix and "*" port. Others get 403.',
+        example='["https://app.example.com", "https://*.example.com"]',
+    ),
+    Setting(
+        "subprotocols",
+        parse_subprotocols,
+        "(any)",
+        "Subprotocols the client may offer to the backend; others are not passed on, "
+        "and a client that offers only others gets 400.",
+        example='["graphql-transport-ws"]',
+    ),
+    Setting(
+        "add_headers",
+        parse_add_headers,
+        "{}",
+        "Headers set on the backend's handshake request (replacing the client's).",
+        example='{ X-Route = "app" }',
+    ),
+    Setting(
+        "remove_headers",
+        parse_remove_headers,
+        "[]",
+        "Client request headers not passed to the backend.",
+        example='["Cookie"]',
+    ),
+    Setting(
+        "backend_ca",
+        parse_ca_file,
+        "(the system's CAs)",
+        "PEM file of CAs trusted for wss:// backends; the name is always checked.",
+        cli=True,
+        example='"/etc/wsgate/internal-ca.pem"',
+    ),
+    Setting(
+        "backend_insecure",
+        parse_bool,
+        "false",
+        "Do not verify wss:// backends' certificates (testing only).",
+        cli=True,
+    ),
+    Setting(
+        "balance",
+        parse_balance,
+        '"round-robin"',
+        'How a route with several backends picks one: "round-robin" or "least-connections".',
+        example='"least-connections"',
+    ),
+    Setting(
+        "max_fails",
+        parse_count,
+        "1",
+        "Failed connects in a row (refused, timed out, TLS, no handshake) after which "
+        "a backend rests.",
+    ),
+    Setting(
+        "fail_timeout",
+        parse_seconds_or_zero,
+        "10",
+        "Seconds a failed backend rests before it is tried again; 0 = never rests.",
+    ),
+)
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+assert set(SETTINGS_BY_KEY) == {f.name for f in fields(RouteSettings)}
+
+
+def apply_settings(
+    base: RouteSettings, raw: Mapping[str, Any], where: Callable[[str], str]
+) -> tuple[RouteSettings, list[str]]:
+    """``base`` with the settings in ``raw`` (TOML values or CLI strings) applied.
+
+    Returns the errors instead of raising, so a file's mistakes are all
+    reported at once.
+    """
+    changes: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in raw.items():
+        try:
+            changes[key] = SETTINGS_BY_KEY[key].parse(value, where(key))
+        except ConfigError as e:
+            errors.append(str(e))
+    return replace(base, **changes), errors
+
+
+# -- routes, listeners, the whole ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where connections for some hosts and a path prefix go."""
+
+    name: str  # for logs and errors: "route #2 (/app)"
+    prefix: str = "/"
+    hosts: tuple[str, ...] = ()  # () = any host
+    backends: tuple[Backend, ...] = ()
+    rewrite: str | None = None  # replaces the matched prefix; None = path kept
+    listeners: tuple[str, ...] | None = None  # listener names; None = all
+    settings: RouteSettings = field(default_factory=RouteSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFile:
+    cert: str
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    endpoint: str
+    name: str
+    certificates: tuple[CertificateFile, ...] = ()
+    health: str | None = None
+    redirect: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``twistd wsgate`` was told, from the command line or a file."""
+
+    listeners: tuple[Listener, ...]
+    routes: tuple[Route, ...]
+    source: str | None = None  # the TOML file, for reloads
+
+    def routes_for(self, listener: Listener) -> tuple[Route, ...]:
+        if listener.redirect is not None:
+            return ()
+        return tuple(r for r in self.routes if r.listeners is None or listener.name in r.listeners)
+
+
+__all__ = [
+    "SETTINGS",
+    "Backend",
+    "CertificateFile",
+    "Config",
+    "ConfigError",
+    "Listener",
+    "Route",
+    "RouteSettings",
+    "parse_backend",
+]

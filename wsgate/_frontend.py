@@ -8,9 +8,14 @@ early is lost, reordered, or buffered without bound.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
@@ -21,23 +26,73 @@ from zope.interface import implementer
 from wsgate import _deflate, _headers
 from wsgate._backend import BackendConnector, BackendError, BackendProtocol
 from wsgate._closecodes import Side
-from wsgate._config import Config
+from wsgate._config import Backend, Listener, Route, RouteSettings
+from wsgate._pool import BackendPool
 from wsgate._relay import Relay
+from wsgate._routing import Router, normalize_host, rewrite_path
 from wsgate._wsleg import RelayedLeg, leg_options
 
 _log = Logger(namespace="wsgate")
 
 _REASONS = {
+    200: "OK",
+    308: "Permanent Redirect",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
     426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
+
+#: Longest request head read before it is refused with 431.
+_MAX_REQUEST_HEAD = 64 * 1024
+#: Seconds a client has to send its request head, before it is routed.
+_REQUEST_TIMEOUT = 30.0
+
+
+class LiveRoute:
+    """A configured route with what serves it: its backends' pool and connectors."""
+
+    __slots__ = ("accept", "connectors", "hosts", "pool", "prefix", "route")
+
+    def __init__(
+        self,
+        route: Route,
+        pool: BackendPool[Backend],
+        connectors: Mapping[Backend, BackendConnector],
+    ) -> None:
+        self.route = route
+        self.hosts = route.hosts
+        self.prefix = route.prefix
+        self.pool = pool
+        self.connectors = connectors
+        self.accept = _deflate.server_accept(route.settings.client_deflate)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRoutes:
+    """What one listener serves; a reload replaces it whole."""
+
+    listener: Listener
+    router: Router[LiveRoute]
+    routes: tuple[LiveRoute, ...]
+
+    def health(self) -> bytes:
+        status = {
+            "status": "ok",
+            "listener": self.listener.name,
+            "routes": [
+                {"route": live.route.name, "backends": live.pool.status()} for live in self.routes
+            ],
+        }
+        return json.dumps(status, indent=1).encode("utf-8") + b"\n"
 
 
 class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
@@ -45,32 +100,171 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     factory: FrontendFactory
 
     _backend: BackendProtocol | None = None
-    _connecting: defer.Deferred[BackendProtocol] | None = None
+    _connecting: defer.Deferred[Any] | None = None
     _request: ConnectionRequest | None = None
+    _live: LiveRoute | None = None
+    _chosen: Backend | None = None
+    _routed: bool = False
+    _counted: bool = False  # in its backend's active count
+
+    # -- routing, before Autobahn looks at the request --------------------------
+
+    def processHandshake(self) -> Any:
+        if self._routed:
+            return super().processHandshake()
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.data) > _MAX_REQUEST_HEAD:
+                self._routed = True
+                return self.failHandshake("request headers too large", 431)
+            return None
+        self._routed = True
+        if end > _MAX_REQUEST_HEAD:
+            return self.failHandshake("request headers too large", 431)
+        try:
+            status_line, headers, _ = parseHttpHeader(self.data[: end + 4])
+            _method, target, _version = status_line.split()
+            parts = urlsplit(target)
+        except ValueError:
+            return super().processHandshake()  # Autobahn answers 400
+        routes = self.factory.routes
+        listener = routes.listener
+        host = normalize_host(headers.get("host"))
+        if listener.health is not None and parts.path == listener.health:
+            return self._respond(200, routes.health(), "application/json")
+        if listener.redirect is not None:
+            return self._redirect(listener.redirect, host, parts)
+        live = routes.router.match(host, parts.path)
+        if live is None:
+            where = (host or "") + parts.path
+            return self.failHandshake(f"no route for {where}", 404)
+        self._live = live
+        settings = live.route.settings
+        self.maxMessagePayloadSize = settings.autobahn_message_limit
+        self.closeHandshakeTimeout = settings.close_timeout
+        self.perMessageCompressionAccept = live.accept
+        budget = len(live.route.backends) * (settings.connect_timeout + settings.handshake_timeout)
+        self._restart_handshake_timer(budget + 5)
+        return super().processHandshake()
+
+    def _restart_handshake_timer(self, seconds: float) -> None:
+        call = getattr(self, "openHandshakeTimeoutCall", None)
+        if call is not None:
+            call.cancel()
+            self.openHandshakeTimeoutCall = self.factory.clock.callLater(
+                seconds, self.onOpenHandshakeTimeout
+            )
+
+    def _redirect(self, base: str, host: str | None, parts: SplitResult) -> None:
+        name = host or ""
+        if ":" in name:
+            name = f"[{name}]"
+        location = base.replace("{host}", name).rstrip("/") + (parts.path or "/")
+        if parts.query:
+            location += "?" + parts.query
+        self._respond(308, f"see {location}\n".encode(), "text/plain", [("Location", location)])
+
+    def _respond(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        lines = [
+            f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
+            f"Content-Type: {content_type}; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "Connection: close",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in headers or ())
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
+        self.dropConnection(abort=False)
+
+    # -- the WebSocket request: open the backend first ----------------------------
 
     def onConnect(self, request: ConnectionRequest) -> defer.Deferred[Any]:  # type: ignore[override]
         self._request = request
+        live = self._live
+        assert live is not None
+        settings = live.route.settings
+        origin = request.headers.get("origin")
+        if not _headers.origin_allowed(settings.origins, origin):
+            raise ConnectionDeny(403, f"origin {origin!r} is not allowed")
+        protocols = _headers.join_subprotocols(request.protocols)
+        if settings.subprotocols is not None and protocols:
+            allowed = [p for p in protocols if p in settings.subprotocols]
+            if not allowed:
+                raise ConnectionDeny(
+                    400,
+                    f"subprotocol(s) {', '.join(protocols)} not allowed here; allowed: "
+                    f"{', '.join(settings.subprotocols) or 'none'}",
+                )
+            protocols = allowed
         self.pause_reading()
         self.websocket_extensions = _deflate.usable_extensions(self.websocket_extensions)
-        connector = self.factory.connector
         peer = self.transport.getPeer()
         client = _headers.ClientRequest(
             headers=request.headers,
             peer_host=getattr(peer, "host", None),
             secure=ISSLTransport.providedBy(self.transport),
         )
+        headers = _headers.backend_headers(client)
+        for name in settings.remove_headers:
+            headers.pop(name, None)
+        headers.update(settings.add_headers)
         path, _, query = self.http_request_uri.partition("?")
-        self._connecting = connector.connect(
-            resource=connector.backend.resource_for(path, query),
-            headers=_headers.backend_headers(client),
-            protocols=_headers.join_subprotocols(request.protocols),
-            origin=request.headers.get("origin"),
-            useragent=request.headers.get("user-agent"),
+        path = urlsplit(path).path or "/"  # an absolute-form target has its path
+        path = rewrite_path(live.prefix, live.route.rewrite, path)
+        self._connecting = defer.Deferred.fromCoroutine(
+            self._open_backend(
+                live,
+                path,
+                query,
+                headers=headers,
+                protocols=protocols,
+                origin=origin,
+                useragent=request.headers.get("user-agent"),
+            )
         )
         self._connecting.addCallbacks(self._backend_open, self._backend_failed)
         return self._connecting
 
-    def _backend_open(self, backend: BackendProtocol) -> tuple[str | None, dict[str, list[str]]]:
+    async def _open_backend(
+        self, live: LiveRoute, path: str, query: str, **request: Any
+    ) -> tuple[BackendProtocol, Backend]:
+        """Try the route's backends in the pool's order until one opens."""
+        candidates = live.pool.candidates()
+        for n, backend in enumerate(candidates, 1):
+            connector = live.connectors[backend]
+            try:
+                protocol = await connector.connect(
+                    resource=backend.resource_for(path, query), **request
+                )
+            except BackendError as e:
+                if not e.retryable:
+                    raise
+                live.pool.failed(backend)
+                if n == len(candidates):
+                    raise
+                _log.warn(
+                    "{peer} {path}: backend {backend} failed, trying the next: {status} {reason}",
+                    peer=self.peer,
+                    path=self._path(),
+                    backend=backend.url,
+                    status=e.status,
+                    reason=e.reason,
+                )
+                continue
+            live.pool.succeeded(backend)
+            return protocol, backend
+        raise AssertionError("a pool always has a backend")
+
+    def _backend_open(
+        self, opened: tuple[BackendProtocol, Backend]
+    ) -> tuple[str | None, dict[str, list[str]]]:
+        backend, self._chosen = opened
         self._connecting = None
         self._backend = backend
         self.relay = backend.relay = Relay(self, backend, self.factory.clock, self._finished)
@@ -89,7 +283,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
                 "{peer} {path}: backend {backend} not opened: {status} {reason}",
                 peer=self.peer,
                 path=self._path(),
-                backend=self.factory.connector.url,
+                backend=exc.backend,
                 status=exc.status,
                 reason=exc.reason,
             )
@@ -102,14 +296,19 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         assert backend is not None and self.relay is not None
         _log.info(
             "open {peer} {path} -> {backend} subprotocol={subprotocol} "
-            "client_ext=[{client_ext}] backend_ext=[{backend_ext}]",
+            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route}",
             peer=self.peer,
             path=self._path(),
-            backend=self.factory.connector.url,
+            route=self._live.route.name if self._live else "-",
+            backend=self._chosen.url if self._chosen else "-",
             subprotocol=self.websocket_protocol_in_use,
             client_ext=_deflate.describe_in_use(self.websocket_extensions_in_use),
             backend_ext=_deflate.describe_in_use(backend.websocket_extensions_in_use),
         )
+        if self._live is not None and self._chosen is not None:
+            self._live.pool.opened(self._chosen)
+            self._counted = True
+            self.relay.idle_timeout(self._live.route.settings.idle_timeout)
         self.relay.start()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -138,6 +337,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
 
     def _finished(self, relay: Relay) -> None:
+        if self._counted and self._live is not None and self._chosen is not None:
+            self._live.pool.closed(self._chosen)
         first = relay.first_close
         client_close = relay.closed_with(Side.CLIENT)
         backend_close = relay.closed_with(Side.BACKEND)
@@ -175,22 +376,26 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
 
     protocol = FrontendProtocol  # type: ignore[assignment]
 
-    def __init__(self, config: Config, connector: BackendConnector, reactor: Any) -> None:
+    def __init__(self, routes: ListenerRoutes, reactor: Any) -> None:
         super().__init__(reactor=reactor)
-        self.connector = connector
+        #: Replaced whole by a reload; each connection reads it once, when routed.
+        self.routes = routes
         self.clock = reactor
+        defaults = RouteSettings()
+        # Per-route values (size limit, close timeout, deflate) are set on
+        # each connection once it is routed.
         self.setProtocolOptions(
             versions=[8, 13],
             webStatus=False,
-            **leg_options(config),
-            openHandshakeTimeout=config.connect_timeout + config.handshake_timeout + 5,
+            **leg_options(defaults),
+            openHandshakeTimeout=_REQUEST_TIMEOUT,
             requireMaskedClientFrames=True,
             maskServerFrames=False,
             allowedOrigins=["*"],
             allowNullOrigin=True,
             trustXForwardedFor=0,
             maxConnections=0,
-            perMessageCompressionAccept=_deflate.server_accept(config.client_deflate),
+            perMessageCompressionAccept=_deflate.server_accept(defaults.client_deflate),
         )
         self.server = None
 

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from wsgate._config import ConfigError
 
 if TYPE_CHECKING:
-    from wsgate._config import Backend, Config
+    from wsgate._config import Backend, RouteSettings
 
 
 def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
@@ -37,11 +37,11 @@ def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
     return ssl.trustRootFromCertificates(certs)
 
 
-def backend_tls_options(backend: Backend, config: Config) -> Any:
+def backend_tls_options(backend: Backend, settings: RouteSettings) -> Any:
     """Client TLS for a wss:// backend: the name is checked with service_identity."""
-    if config.backend_insecure:
+    if settings.backend_insecure:
         return _Unverified(backend.host)
-    trust = load_ca_file(config.backend_ca) if config.backend_ca else ssl.platformTrust()
+    trust = load_ca_file(settings.backend_ca) if settings.backend_ca else ssl.platformTrust()
     return ssl.optionsForClientTLS(backend.host, trustRoot=trust, acceptableProtocols=[b"http/1.1"])
 
 

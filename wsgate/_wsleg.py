@@ -18,7 +18,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
 
 if TYPE_CHECKING:
-    from wsgate._config import Config
+    from wsgate._config import RouteSettings
     from wsgate._relay import Leg, Relay
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -189,7 +189,13 @@ class RelayedLeg:
 
     def onPing(self, payload: bytes) -> None:
         if self._held is None:
+            if self.relay is not None:
+                self.relay.touch()
             super().onPing(payload)  # type: ignore[misc]
+
+    def onPong(self, payload: bytes) -> None:
+        if self.relay is not None:
+            self.relay.touch()
 
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         held, self._held = self._held, None
@@ -233,7 +239,7 @@ class RelayedLeg:
             self.transport.write(data)
 
 
-def leg_options(config: Config) -> dict[str, Any]:
+def leg_options(config: RouteSettings) -> dict[str, Any]:
     """Autobahn options both legs share. Autobahn's setProtocolOptions resets
     what it is not given, so each factory passes all of these at once."""
     return {

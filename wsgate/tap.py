@@ -2,79 +2,66 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from wsgate import _deflate
 from wsgate._config import (
-    DEFAULT_MAX_MESSAGE,
+    SETTINGS,
     Config,
     ConfigError,
+    Listener,
+    Route,
+    RouteSettings,
+    apply_settings,
     parse_backend,
-    parse_seconds,
-    parse_size,
 )
+
+
+def _setting_options() -> list[list[Any]]:
+    return [
+        [s.option[2:], None, None, f"{s.doc} Default: {s.default}."]
+        for s in SETTINGS
+        if s.cli and s.key != "backend_insecure"
+    ]
 
 
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Terminates WebSocket from clients on each --listen endpoint and relays "
-        "every message, frame by frame, to a WebSocket backend. Example:\n"
-        "  twistd -n wsgate --listen tcp:8080 --backend ws://127.0.0.1:9000"
+        "every message, frame by frame, to a WebSocket backend. Examples:\n"
+        "  twistd -n wsgate --listen tcp:8080 --backend ws://127.0.0.1:9000\n"
+        "  twistd -n wsgate --config etc/wsgate.toml"
     )
     optFlags = [
         ["backend-insecure", None, "Do not verify a wss:// backend's certificate (testing only)."],
+        ["check", None, "With --config: check the file, print what is wrong, and exit."],
     ]
     optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            "TOML configuration file (listeners, routes, settings); "
+            "cannot be combined with the options below. SIGHUP re-reads it.",
+        ],
         [
             "backend",
             "b",
             None,
-            "Backend URL, ws:// or wss://; the request's path and query are appended to its path.",
+            "Backend URL, ws:// or wss://, for requests no --route matches; "
+            "the request's path and query are appended to its path.",
         ],
-        [
-            "client-deflate",
-            None,
-            "on",
-            "permessage-deflate on the client leg: on, off, or "
-            "on,window_bits=9..15,mem_level=1..9,no_context_takeover.",
-        ],
-        ["backend-deflate", None, "on", "permessage-deflate on the backend leg (same values)."],
-        [
-            "backend-ca",
-            None,
-            None,
-            "PEM file of CAs trusted for wss:// backends "
-            "(default: the system's). The name is always checked.",
-        ],
-        [
-            "max-message-size",
-            None,
-            str(DEFAULT_MAX_MESSAGE),
-            "Largest message in bytes (K, M, G "
-            "suffixes); larger ones close the leg with 1009. 0 = no limit.",
-        ],
-        ["connect-timeout", None, "10", "Seconds to connect to the backend (then 504)."],
-        [
-            "handshake-timeout",
-            None,
-            "10",
-            "Seconds for the backend's WebSocket handshake (then 504).",
-        ],
-        [
-            "close-timeout",
-            None,
-            "5",
-            "Seconds a closing handshake may take before the TCP connection is dropped.",
-        ],
+        *_setting_options(),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["route"] = []
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on, repeatable (tcp:8080,
@@ -84,56 +71,97 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_route(self, spec: str) -> None:
+        """PREFIX=URL: requests whose path starts with PREFIX (whole segments)
+        go to the ws:// or wss:// URL, path kept; repeatable; the longest
+        matching prefix wins."""
+        self["route"].append(spec)
+
     def postOptions(self) -> None:
         try:
-            self["config"] = self._build()
+            if self["config"]:
+                self["config"] = self._from_file()
+            else:
+                if self["check"]:
+                    raise ConfigError("--check needs --config FILE")
+                self["config"] = self._from_command_line()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["check"]:
+            config = self["config"]
+            print(
+                f"{config.source}: OK ({len(config.listeners)} listener(s), "
+                f"{len(config.routes)} route(s))"
+            )
+            sys.exit(0)
 
-    def _build(self) -> Config:
-        if not self["backend"]:
-            raise ConfigError("--backend is required (for example --backend ws://127.0.0.1:9000)")
-        backend = parse_backend(self["backend"])
-        listen = tuple(self["listen"]) or ("tcp:8080",)
-        for description in listen:
-            _check_endpoint(description)
-        policies = {}
-        for key in ("client-deflate", "backend-deflate"):
-            try:
-                policies[key] = _deflate.parse_policy(self[key])
-            except ValueError as e:
-                raise ConfigError(f"--{key}: {e}") from None
-        if self["backend-ca"]:
-            from wsgate._tls import load_ca_file
+    def _from_file(self) -> Config:
+        given = [
+            "--" + name
+            for name in ("backend", *(s.option[2:] for s in SETTINGS if s.cli))
+            if self.get(name)
+        ]
+        given += ["--listen"] * bool(self["listen"]) + ["--route"] * bool(self["route"])
+        if given:
+            raise ConfigError(
+                f"--config cannot be combined with {', '.join(dict.fromkeys(given))}: "
+                "put them in the file"
+            )
+        from wsgate._configfile import load_file
 
-            load_ca_file(self["backend-ca"])
-        return Config(
-            listen=listen,
-            backend=backend,
-            client_deflate=policies["client-deflate"],
-            backend_deflate=policies["backend-deflate"],
-            backend_ca=self["backend-ca"],
-            backend_insecure=bool(self["backend-insecure"]),
-            max_message_size=parse_size(self["max-message-size"], "--max-message-size"),
-            connect_timeout=parse_seconds(self["connect-timeout"], "--connect-timeout"),
-            handshake_timeout=parse_seconds(self["handshake-timeout"], "--handshake-timeout"),
-            close_timeout=parse_seconds(self["close-timeout"], "--close-timeout"),
+        return load_file(self["config"])
+
+    def _from_command_line(self) -> Config:
+        from wsgate._configfile import check
+
+        if not self["backend"] and not self["route"]:
+            raise ConfigError(
+                "--backend, --route or --config is required "
+                "(for example --backend ws://127.0.0.1:9000)"
+            )
+        raw = {
+            s.key: self[s.option[2:]]
+            for s in SETTINGS
+            if s.cli and s.key != "backend_insecure" and self[s.option[2:]] is not None
+        }
+        if self["backend-insecure"]:
+            raw["backend_insecure"] = True
+        settings, errors = apply_settings(
+            RouteSettings(), raw, lambda key: "--" + key.replace("_", "-")
         )
-
-
-def _check_endpoint(description: str) -> None:
-    """Parse (without binding) so a typo fails before anything listens."""
-    from twisted.internet import endpoints
-    from twisted.internet.testing import MemoryReactor
-
-    try:
-        endpoints.serverFromString(MemoryReactor(), description)
-    except Exception as e:  # endpoint parsers raise ValueError, KeyError, OSError, SSL errors
-        raise ConfigError(
-            f"--listen {description!r}: {e or type(e).__name__} "
-            "(expected a Twisted server endpoint such as tcp:8080 or "
-            "ssl:8443:privateKey=key.pem:certKey=cert.pem)"
-        ) from None
+        if errors:
+            raise ConfigError("\n".join(errors))
+        routes = []
+        for spec in self["route"]:
+            prefix, sep, url = spec.partition("=")
+            if not sep or not prefix.startswith("/"):
+                raise ConfigError(
+                    f"--route {spec!r}: expected PREFIX=URL, for example "
+                    "--route /app=ws://127.0.0.1:9000"
+                )
+            routes.append(
+                Route(
+                    name=f"--route {prefix}",
+                    prefix=prefix,
+                    backends=(parse_backend(url, f"--route {prefix}"),),
+                    settings=settings,
+                )
+            )
+        if self["backend"]:
+            routes.append(
+                Route(
+                    name="--backend", backends=(parse_backend(self["backend"]),), settings=settings
+                )
+            )
+        listen = self["listen"] or ["tcp:8080"]
+        config = Config(
+            listeners=tuple(Listener(endpoint=e, name=e) for e in listen),
+            routes=tuple(routes),
+        )
+        problems = check(config, "command line")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return config
 
 
 def makeService(options: Options) -> IService:

@@ -50,14 +50,18 @@ def wait_for_port(
 class Wsgate:
     """``twistd -n wsgate ARGS`` in a child process, as a context manager.
 
-    With no ``--listen`` in ``args``, listens on a free 127.0.0.1 port
-    (``self.port``; ``self.url`` is ``ws://127.0.0.1:PORT``).
+    With neither ``--listen`` nor ``--config`` in ``args``, listens on a free
+    127.0.0.1 port (``self.port``; ``self.url`` is ``ws://127.0.0.1:PORT``).
     """
 
     def __init__(self, *args: str, log_path: Path | None = None, env: dict[str, str] | None = None):
         self.args: list[str] = list(args)
         self.port = free_port()
-        if "--listen" not in self.args and not any(a.startswith("--listen=") for a in self.args):
+        own_listeners = any(
+            a in ("--listen", "--config") or a.startswith(("--listen=", "--config="))
+            for a in self.args
+        )
+        if not own_listeners:
             self.args = ["--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -93,6 +97,11 @@ class Wsgate:
         if hasattr(self._log_file, "close"):
             self._log_file.close()  # type: ignore[attr-defined]
         return proc.returncode
+
+    def reload(self) -> None:
+        """Ask wsgate to re-read its --config file, as ``kill -HUP`` does."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
