@@ -39,6 +39,8 @@
 #                        dir, number of tracebacks in wsgate.log)
 #   WSTEST_TIMEOUT       limit of the wstest/testee run in seconds (harness default 1800)
 #   WSGATE_ARGS          extra arguments for wsgate, split on spaces
+#   WSGATE_VIA           cli (default): options on the command line; config: the
+#                        same settings from a TOML file ($R/wsgate.toml, --config)
 #
 # Prints the harness's output and summarize.py's summary, then one line
 #   conformance: DIRECTION MIX exit=N wall=Ss cases=... ok=... failed=... wsgate_tracebacks=N
@@ -168,12 +170,38 @@ fi
 # ---- wsgate -----------------------------------------------------------------
 # shellcheck disable=SC2206
 EXTRA=(${WSGATE_ARGS:-})
+if [ "${WSGATE_VIA:-cli}" = config ]; then
+  # The same setup from a configuration file (the --config path), with a
+  # second listener and route beside it so the run goes through real routing.
+  cat >"$R/wsgate.toml" <<TOML
+[defaults]
+client_deflate = "$CLIENT_DEFLATE"
+backend_deflate = "$BACKEND_DEFLATE"
+
+[[listener]]
+endpoint = "tcp:0:interface=127.0.0.1"
+health = "/healthz"
+
+[[listener]]
+endpoint = "unix:$R/unused.sock"
+
+[[route]]
+prefix = "/"
+backends = ["ws://127.0.0.1:$BPORT"]
+
+[[route]]
+prefix = "/unused"
+hosts = ["unused.example"]
+backend = "ws://127.0.0.1:1"
+TOML
+  GATE_ARGS=(--config "$R/wsgate.toml")
+else
+  GATE_ARGS=(--listen tcp:0:interface=127.0.0.1
+    --backend "ws://127.0.0.1:$BPORT"
+    --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE")
+fi
 GATE_CMD=("$GATE_PY" -c 'from twisted.scripts.twistd import run; run()'
-  -n --pidfile= wsgate
-  --listen tcp:0:interface=127.0.0.1
-  --backend "ws://127.0.0.1:$BPORT"
-  --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE"
-  "${EXTRA[@]}")
+  -n --pidfile= wsgate "${GATE_ARGS[@]}" "${EXTRA[@]}")
 echo "conformance: wsgate: ${GATE_CMD[*]:3}" | sed 's/tcp:0:/tcp:PORT:/'
 (cd "$R" && exec setsid "${GATE_CMD[@]}") >"$R/wsgate.log" 2>&1 &
 GPID=$!
@@ -226,9 +254,11 @@ FIGURE="no report"
 if [ -s "$R/index.json" ]; then
   FIGURE=$("$PY3" "$T/summarize.py" "$R" --quiet --json "$R/summary.json" | tail -n 1)
 fi
-echo "conformance: $DIRECTION $MIX exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
+LABEL=$MIX
+[ "${WSGATE_VIA:-cli}" = config ] && LABEL="$MIX/cfg"
+echo "conformance: $DIRECTION $LABEL exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
 if [ -n "${CONFORMANCE_RESULTS:-}" ]; then
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$MIX" "$CASES" "${EXCLUDE:--}" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$LABEL" "$CASES" "${EXCLUDE:--}" \
     "$RC" "$WALL" "$FIGURE" "$R" "$TRACEBACKS" >>"$CONFORMANCE_RESULTS"
 fi
 exit "$RC"
