@@ -7,48 +7,19 @@ wsgate's peak RSS (VmHWM from /proc), not any timing.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from peers import backend
+from rawws import MIB, chunks, masked_frame, peak_rss, raw_handshake
 from websockets.asyncio.server import ServerConnection
 
 from wsgate.testing import Wsgate, free_port
 
 GateFactory = Callable[..., Wsgate]
 
-MIB = 1024 * 1024
 #: "a few MiB": the bound the core issue sets for a 256 MiB message.
 MAX_GROWTH = 16 * MIB
-
-
-def _peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-async def _chunks(total: int, size: int = MIB) -> AsyncIterator[bytes]:
-    block = os.urandom(size)
-    for _ in range(total // size):
-        yield block
-
-
-async def _raw_handshake(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client with no permessage-deflate whose reading pace the test controls."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=MIB)
-    key = base64.b64encode(os.urandom(16))
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return reader, writer
 
 
 @pytest.mark.parametrize("backend_deflate", ["off", "on"])
@@ -69,13 +40,13 @@ def test_slow_reader_256_mib_message_keeps_memory_bounded(
     pid = gate.proc.pid
 
     async def send_huge(ws: ServerConnection) -> None:
-        await ws.send(_chunks(total))  # a fragmented message, streamed
+        await ws.send(chunks(total))  # a fragmented message, streamed
         await ws.wait_closed()
 
     async def main() -> int:
         async with backend(port, send_huge):
-            reader, writer = await _raw_handshake(gate.port)
-            before = _peak_rss(pid)
+            reader, writer = await raw_handshake(gate.port)
+            before = peak_rss(pid)
             received = 0
             async with asyncio.timeout(240):
                 while received < total:
@@ -84,7 +55,7 @@ def test_slow_reader_256_mib_message_keeps_memory_bounded(
                     received += len(chunk)
                     await asyncio.sleep(0.002)  # the slow reader
             writer.close()
-            growth = _peak_rss(pid) - before
+            growth = peak_rss(pid) - before
             # Frame headers add a few bytes per fragment.
             assert received >= total
             return growth
@@ -114,47 +85,32 @@ def test_flooding_client_to_stalled_backend_keeps_memory_bounded(wsgate: GateFac
 
     async def main() -> int:
         async with backend(port, stalled, compression=None):
-            reader, writer = await _raw_handshake(gate.port)
-            before = _peak_rss(pid)
-            frame = _masked_frame(0x2, MIB, fin=False)
+            reader, writer = await raw_handshake(gate.port)
+            before = peak_rss(pid)
+            frame = masked_frame(0x2, MIB, fin=False)
             sent = 0
             # Write until the kernel and wsgate stop taking data: wsgate must
             # stop reading the client when the backend leg's buffer is full.
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):
                     while sent < total:
-                        writer.write(frame if sent == 0 else _masked_frame(0x0, MIB, fin=False))
+                        writer.write(frame if sent == 0 else masked_frame(0x0, MIB, fin=False))
                         sent += MIB
                         await writer.drain()
-            stuck_at = _peak_rss(pid) - before
+            stuck_at = peak_rss(pid) - before
             release.set()
             async with asyncio.timeout(120):
                 while sent < total:
-                    writer.write(_masked_frame(0x0, MIB, fin=False))
+                    writer.write(masked_frame(0x0, MIB, fin=False))
                     sent += MIB
                     await writer.drain()
-                writer.write(_masked_frame(0x0, 0, fin=True))
+                writer.write(masked_frame(0x0, 0, fin=True))
                 await writer.drain()
                 reply = await reader.read(64)
             writer.close()
             assert reply[2:] == str(sent).encode()
-            return max(stuck_at, _peak_rss(pid) - before)
+            return max(stuck_at, peak_rss(pid) - before)
 
     growth = asyncio.run(main())
     print(f"wsgate peak RSS growth: {growth / MIB:.1f} MiB")
     assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
-
-
-_PAYLOAD = os.urandom(MIB)
-
-
-def _masked_frame(opcode: int, size: int, fin: bool) -> bytes:
-    """A client frame; the mask is all zeros, so the payload goes as it is."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if size < 126:
-        head += bytes([0x80 | size])
-    elif size < 65536:
-        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + _PAYLOAD[:size]
