@@ -42,6 +42,9 @@ class FakeLeg:
     def finish_ending(self) -> None:
         self.finished_ending += 1
 
+    def fail(self, code: int, reason: str) -> None:
+        self.sent.append(("fail", (code, reason)))
+
 
 def _pair() -> tuple[FakeLeg, FakeLeg, Relay, Clock, list[Relay]]:
     clock = Clock()

@@ -58,10 +58,36 @@ class Backend:
         return self.url
 
 
-def parse_backend(url: str, where: str = "--backend") -> Backend:
-    """Parse and check a ``ws://`` or ``wss://`` backend URL."""
+@dataclass(frozen=True, slots=True)
+class StreamBackend:
+    """A raw stream backend (VNC, websockify style): a Twisted client endpoint string."""
+
+    endpoint: str
+    secure = False
+
+    @property
+    def url(self) -> str:
+        return self.endpoint
+
+    def resource_for(self, request_path: str, request_query: str) -> str:
+        return ""  # a stream has no request
+
+    def __str__(self) -> str:
+        return self.endpoint
+
+
+AnyBackend = Backend | StreamBackend
+
+#: Client endpoint types that make a stream backend.
+_STREAM_SCHEMES = ("tcp", "unix", "tls")
+
+
+def parse_backend(url: str, where: str = "--backend") -> AnyBackend:
+    """Parse and check a ``ws://`` or ``wss://`` URL, or a stream endpoint string."""
     if not isinstance(url, str):
         raise ConfigError(f"{where}: expected a ws:// or wss:// URL string, not {_kind(url)}")
+    if url.split(":", 1)[0].lower() in _STREAM_SCHEMES:
+        return _parse_stream_backend(url, where)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -70,7 +96,8 @@ def parse_backend(url: str, where: str = "--backend") -> Backend:
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
         raise ConfigError(
-            f"{where}: {url!r} must start with ws:// or wss:// (for example ws://127.0.0.1:9000)"
+            f"{where}: {url!r} must start with ws:// or wss:// (for example "
+            "ws://127.0.0.1:9000), or be a stream endpoint such as tcp:127.0.0.1:5901"
         )
     host = parts.hostname
     if not host:
@@ -88,6 +115,20 @@ def parse_backend(url: str, where: str = "--backend") -> Backend:
         path=parts.path or "/",
         query=parts.query,
     )
+
+
+def _parse_stream_backend(description: str, where: str) -> StreamBackend:
+    from twisted.internet.endpoints import clientFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        clientFromString(MemoryReactor(), description)
+    except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError, ...
+        raise ConfigError(
+            f"{where}: {description!r}: {e or type(e).__name__} (expected a Twisted client "
+            "endpoint such as tcp:127.0.0.1:5901, unix:/run/vnc.sock or tls:vnc.internal:5901)"
+        ) from None
+    return StreamBackend(description)
 
 
 # -- value parsers: (raw value, where) -> value; raise ConfigError ----------------
@@ -482,7 +523,8 @@ class Route:
     name: str  # for logs and errors: "route #2 (/app)"
     prefix: str = "/"
     hosts: tuple[str, ...] = ()  # () = any host
-    backends: tuple[Backend, ...] = ()
+    backends: tuple[AnyBackend, ...] = ()
+    token_file: str | None = None  # targets from a websockify token file, by ?token=
     rewrite: str | None = None  # replaces the matched prefix; None = path kept
     listeners: tuple[str, ...] | None = None  # listener names; None = all
     settings: RouteSettings = field(default_factory=RouteSettings)
@@ -501,6 +543,8 @@ class Listener:
     certificates: tuple[CertificateFile, ...] = ()
     health: str | None = None
     redirect: str | None = None
+    web: str | None = None  # a directory served to plain HTTP requests
+    web_index: str | None = None  # the file "/" (and directories) serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +563,7 @@ class Config:
 
 __all__ = [
     "SETTINGS",
+    "AnyBackend",
     "Backend",
     "CertificateFile",
     "Config",
@@ -526,5 +571,6 @@ __all__ = [
     "Listener",
     "Route",
     "RouteSettings",
+    "StreamBackend",
     "parse_backend",
 ]

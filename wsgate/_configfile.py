@@ -29,9 +29,18 @@ from wsgate._config import (
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
-_LISTENER_KEYS = ("endpoint", "name", "certificates", "health", "redirect")
+_LISTENER_KEYS = ("endpoint", "name", "certificates", "health", "redirect", "web", "web_index")
 _CERTIFICATE_KEYS = ("cert", "key")
-_ROUTE_KEYS = ("prefix", "hosts", "backend", "backends", "strip_prefix", "rewrite", "listeners")
+_ROUTE_KEYS = (
+    "prefix",
+    "hosts",
+    "backend",
+    "backends",
+    "token_file",
+    "strip_prefix",
+    "rewrite",
+    "listeners",
+)
 _SETTING_KEYS = tuple(s.key for s in SETTINGS)
 
 #: The reference in the README is made from these (see ``reference_rst``).
@@ -57,6 +66,13 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "Answer every other request with 308 to this URL plus the request's "
         "path and query; ``{host}`` is the request's host. Such a listener serves no routes.",
     ),
+    (
+        "web",
+        "(none)",
+        "A directory served to plain HTTP requests (not WebSocket upgrades) on this "
+        "listener, e.g. noVNC's files; no directory listings, nothing outside it.",
+    ),
+    ("web_index", '"index.html"', 'The file a directory request serves, e.g. ``"vnc.html"``.'),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
     (
@@ -75,14 +91,23 @@ ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
     (
         "backend",
         "",
-        "One backend URL, ws:// or wss://. The request's path (after "
-        "``rewrite``) and query are appended to the URL's path.",
+        "One backend: a ws:// or wss:// URL (the request's path, after ``rewrite``, and "
+        "query are appended to the URL's path), or a raw stream endpoint "
+        "(``tcp:127.0.0.1:5901``, ``unix:/path``, ``tls:host:port``) for VNC and the like: "
+        "binary messages become bytes and bytes binary messages, websockify style.",
     ),
     (
         "backends",
         "",
         "Several backend URLs (instead of ``backend``); see ``balance``. A "
         "backend that cannot be reached is skipped before the client is answered.",
+    ),
+    (
+        "token_file",
+        "(none)",
+        "Instead of backends: a websockify token file (``token: host:port`` lines) or a "
+        "directory of them; the client names its target with ``?token=`` or the path "
+        "segment after the prefix. Re-read when it changes; an unknown token is a 404.",
     ),
     (
         "strip_prefix",
@@ -211,6 +236,10 @@ class _FileReader:
             )
         health = self._string(table, raw, "health")
         redirect = self._string(table, raw, "redirect")
+        web = self._string(table, raw, "web")
+        if web is not None:
+            web = self._relative(web)
+        web_index = self._string(table, raw, "web_index")
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -219,6 +248,8 @@ class _FileReader:
             certificates=tuple(certificates),
             health=health,
             redirect=redirect,
+            web=web,
+            web_index=web_index,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -246,8 +277,21 @@ class _FileReader:
                     )
         backends = []
         urls: list[Any] = []
-        if "backend" in raw and "backends" in raw:
-            self.errors.append(f"{self._at(table)}: give either backend or backends, not both")
+        token_file = self._string(table, raw, "token_file")
+        if token_file is not None:
+            token_file = self._relative(token_file)
+        if sum(key in raw for key in ("backend", "backends", "token_file")) > 1:
+            self.errors.append(
+                f"{self._at(table)}: give one of backend, backends or token_file, not several"
+            )
+        elif "token_file" in raw:
+            if token_file is not None:
+                from wsgate._tokens import TokenFile
+
+                try:
+                    TokenFile(token_file)
+                except ConfigError as e:
+                    self.errors.append(f"{self._at(table, 'token_file')}: {e}")
         elif "backend" in raw:
             urls = [raw["backend"]]
         elif "backends" in raw:
@@ -257,7 +301,7 @@ class _FileReader:
         else:
             self.errors.append(
                 f'{self._at(table)}: no backend: add backend = "ws://127.0.0.1:9000" '
-                "(or backends = [...])"
+                '(or backends = [...], or token_file = "...")'
             )
         for url in urls:
             try:
@@ -295,6 +339,7 @@ class _FileReader:
             prefix=prefix,
             hosts=hosts,
             backends=tuple(backends),
+            token_file=token_file,
             rewrite=rewrite,
             listeners=listeners,
             settings=settings,
@@ -363,16 +408,16 @@ def check(config: Config, source: str) -> list[str]:
                     f"{where}: duplicate of {first.name}: same host and prefix "
                     f"{second.prefix!r}, so it can never match (on listener {listener.name!r})"
                 )
-            if not routes and listener.redirect is None and listener.health is None:
+            if not routes and not (listener.redirect or listener.health or listener.web):
                 errors.append(
                     f"{source}: listener {listener.name!r} serves nothing: no route, "
-                    "health path or redirect"
+                    "health path, web directory or redirect"
                 )
     return list(dict.fromkeys(errors))
 
 
 def _cli_route(route: Route) -> str:
-    return f"--route {route.prefix}" if route.prefix != "/" else "--backend"
+    return route.name
 
 
 def _check_listener(listener: Listener, where: str) -> list[str]:
@@ -397,6 +442,19 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         errors.append(
             f"{where}: health: {listener.health!r}: {_routing.check_prefix(listener.health)}"
         )
+    if listener.web is not None and not os.path.isdir(listener.web):
+        errors.append(f"{where}: web: {listener.web!r} is not a directory")
+    if listener.web_index is not None:
+        if listener.web is None:
+            errors.append(f"{where}: web_index needs web = DIRECTORY")
+        elif "/" in listener.web_index or listener.web_index in ("", ".", ".."):
+            errors.append(
+                f'{where}: web_index: {listener.web_index!r} must be a file name, e.g. "vnc.html"'
+            )
+        elif os.path.isdir(listener.web) and not os.path.isfile(
+            os.path.join(listener.web, listener.web_index)
+        ):
+            errors.append(f"{where}: web_index: no file {listener.web_index!r} in {listener.web!r}")
     if listener.redirect is not None and not listener.redirect.startswith(("http://", "https://")):
         errors.append(
             f"{where}: redirect: {listener.redirect!r} must be an http:// or https:// URL, "

@@ -9,10 +9,10 @@ early is lost, reordered, or buffered without bound.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from typing import Any, Protocol
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import parseHttpHeader
@@ -23,13 +23,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgate import _deflate, _headers
-from wsgate._backend import BackendConnector, BackendError, BackendProtocol
+from wsgate import _deflate, _headers, _web
+from wsgate._backend import BackendError
 from wsgate._closecodes import Side
-from wsgate._config import Backend, Listener, Route, RouteSettings
+from wsgate._config import AnyBackend, Listener, Route, RouteSettings, StreamBackend
 from wsgate._pool import BackendPool
 from wsgate._relay import Relay
 from wsgate._routing import Router, normalize_host, rewrite_path
+from wsgate._tcpleg import StreamLeg
+from wsgate._tokens import TokenFile
 from wsgate._wsleg import RelayedLeg, leg_options
 
 _log = Logger(namespace="wsgate")
@@ -57,23 +59,87 @@ _MAX_REQUEST_HEAD = 64 * 1024
 _REQUEST_TIMEOUT = 30.0
 
 
-class LiveRoute:
-    """A configured route with what serves it: its backends' pool and connectors."""
+class Connector(Protocol):
+    """Opens one backend's legs (``BackendConnector``, ``StreamConnector``)."""
 
-    __slots__ = ("accept", "connectors", "hosts", "pool", "prefix", "route")
+    def connect(
+        self,
+        resource: str,
+        headers: Mapping[str, str],
+        protocols: Sequence[str],
+        origin: str | None,
+        useragent: str | None,
+    ) -> defer.Deferred[Any]: ...
+
+
+class LiveRoute:
+    """A configured route with what serves it: its backends' pool and connectors,
+    or the token file that names its targets."""
+
+    __slots__ = (
+        "_make_connector",
+        "_tokens_seen",
+        "accept",
+        "connectors",
+        "hosts",
+        "pool",
+        "prefix",
+        "route",
+        "tokens",
+    )
 
     def __init__(
         self,
         route: Route,
-        pool: BackendPool[Backend],
-        connectors: Mapping[Backend, BackendConnector],
+        pool: BackendPool[AnyBackend] | None,
+        make_connector: Callable[[AnyBackend], Connector],
+        tokens: TokenFile | None = None,
     ) -> None:
         self.route = route
         self.hosts = route.hosts
         self.prefix = route.prefix
         self.pool = pool
-        self.connectors = connectors
+        self.tokens = tokens
+        self._tokens_seen = -1
+        self._make_connector = make_connector
+        self.connectors = {b: make_connector(b) for b in route.backends}
         self.accept = _deflate.server_accept(route.settings.client_deflate)
+
+    def candidates(self, path: str, query: str) -> list[AnyBackend]:
+        """The backends to try in order; empty for an unknown token."""
+        if self.tokens is None:
+            assert self.pool is not None
+            return self.pool.candidates()
+        token = _token(self.prefix, path, query)
+        target = self.tokens.lookup(token) if token else None
+        if self.tokens.generation != self._tokens_seen:
+            self._tokens_seen = self.tokens.generation
+            for problem in self.tokens.problems:
+                _log.warn("token file: {problem}", problem=problem)
+        return [] if target is None else [StreamBackend(target.endpoint())]
+
+    def connector(self, backend: AnyBackend) -> Connector:
+        found = self.connectors.get(backend)
+        return found if found is not None else self._make_connector(backend)
+
+    def status(self) -> dict[str, object]:
+        if self.tokens is not None:
+            return {
+                "route": self.route.name,
+                "token_file": self.route.token_file,
+                "tokens": self.tokens.tokens_count(),
+            }
+        assert self.pool is not None
+        return {"route": self.route.name, "backends": self.pool.status()}
+
+
+def _token(prefix: str, path: str, query: str) -> str | None:
+    """websockify's ``?token=``, else the path segment after the route's prefix."""
+    tokens = parse_qs(query).get("token")
+    if tokens:
+        return tokens[0]
+    rest = path[len(prefix) :].strip("/") if path.startswith(prefix) else ""
+    return rest.rsplit("/", 1)[-1] or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +154,7 @@ class ListenerRoutes:
         status = {
             "status": "ok",
             "listener": self.listener.name,
-            "routes": [
-                {"route": live.route.name, "backends": live.pool.status()} for live in self.routes
-            ],
+            "routes": [live.status() for live in self.routes],
         }
         return json.dumps(status, indent=1).encode("utf-8") + b"\n"
 
@@ -99,11 +163,12 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     side = Side.CLIENT
     factory: FrontendFactory
 
-    _backend: BackendProtocol | None = None
+    _backend: Any = None  # BackendProtocol or StreamLeg
+    _binary_only: bool = False  # a stream backend without base64: text is refused
     _connecting: defer.Deferred[Any] | None = None
     _request: ConnectionRequest | None = None
     _live: LiveRoute | None = None
-    _chosen: Backend | None = None
+    _chosen: AnyBackend | None = None
     _routed: bool = False
     _counted: bool = False  # in its backend's active count
 
@@ -134,6 +199,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             return self._respond(200, routes.health(), "application/json")
         if listener.redirect is not None:
             return self._redirect(listener.redirect, host, parts)
+        if listener.web is not None and not _web.is_upgrade(headers):
+            return self._serve_web()
         live = routes.router.match(host, parts.path)
         if live is None:
             where = (host or "") + parts.path
@@ -143,9 +210,19 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         self.maxMessagePayloadSize = settings.autobahn_message_limit
         self.closeHandshakeTimeout = settings.close_timeout
         self.perMessageCompressionAccept = live.accept
-        budget = len(live.route.backends) * (settings.connect_timeout + settings.handshake_timeout)
+        tries = max(1, len(live.route.backends))
+        budget = tries * (settings.connect_timeout + settings.handshake_timeout)
         self._restart_handshake_timer(budget + 5)
         return super().processHandshake()
+
+    def _serve_web(self) -> None:
+        call = getattr(self, "openHandshakeTimeoutCall", None)
+        if call is not None:
+            call.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.state = self.STATE_CLOSED  # this protocol is done with the connection
+        data, self.data = self.data, b""
+        _web.hand_over(self.transport, self.factory.web_site(), data)
 
     def _restart_handshake_timer(self, seconds: float) -> None:
         call = getattr(self, "openHandshakeTimeoutCall", None)
@@ -217,7 +294,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         path, _, query = self.http_request_uri.partition("?")
         path = urlsplit(path).path or "/"  # an absolute-form target has its path
         path = rewrite_path(live.prefix, live.route.rewrite, path)
-        self._connecting = defer.Deferred.fromCoroutine(
+        connecting = self._connecting = defer.Deferred.fromCoroutine(
             self._open_backend(
                 live,
                 path,
@@ -228,16 +305,20 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
                 useragent=request.headers.get("user-agent"),
             )
         )
-        self._connecting.addCallbacks(self._backend_open, self._backend_failed)
-        return self._connecting
+        # It may fire at once (an unknown token): return this Deferred, not
+        # the attribute the callbacks reset.
+        connecting.addCallbacks(self._backend_open, self._backend_failed)
+        return connecting
 
     async def _open_backend(
         self, live: LiveRoute, path: str, query: str, **request: Any
-    ) -> tuple[BackendProtocol, Backend]:
+    ) -> tuple[Any, AnyBackend]:
         """Try the route's backends in the pool's order until one opens."""
-        candidates = live.pool.candidates()
+        candidates = live.candidates(path, query)
+        if not candidates:
+            raise BackendError(404, "unknown token")
         for n, backend in enumerate(candidates, 1):
-            connector = live.connectors[backend]
+            connector = live.connector(backend)
             try:
                 protocol = await connector.connect(
                     resource=backend.resource_for(path, query), **request
@@ -245,7 +326,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             except BackendError as e:
                 if not e.retryable:
                     raise
-                live.pool.failed(backend)
+                if live.pool is not None:
+                    live.pool.failed(backend)
                 if n == len(candidates):
                     raise
                 _log.warn(
@@ -257,14 +339,16 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
                     reason=e.reason,
                 )
                 continue
-            live.pool.succeeded(backend)
+            if live.pool is not None:
+                live.pool.succeeded(backend)
             return protocol, backend
-        raise AssertionError("a pool always has a backend")
+        raise AssertionError("not reached: the last failure is raised")
 
     def _backend_open(
-        self, opened: tuple[BackendProtocol, Backend]
+        self, opened: tuple[Any, AnyBackend]
     ) -> tuple[str | None, dict[str, list[str]]]:
         backend, self._chosen = opened
+        self._binary_only = isinstance(backend, StreamLeg) and not backend.base64
         self._connecting = None
         self._backend = backend
         self.relay = backend.relay = Relay(self, backend, self.factory.clock, self._finished)
@@ -291,6 +375,11 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         _log.failure("opening the backend failed", failure)
         raise ConnectionDeny(502, "backend could not be opened")
 
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        if self._binary_only and not isBinary:
+            self._fail_connection(1003, "this backend takes binary messages only")
+
     def onOpen(self) -> None:
         backend = self._backend
         assert backend is not None and self.relay is not None
@@ -306,7 +395,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             backend_ext=_deflate.describe_in_use(backend.websocket_extensions_in_use),
         )
         if self._live is not None and self._chosen is not None:
-            self._live.pool.opened(self._chosen)
+            if self._live.pool is not None:
+                self._live.pool.opened(self._chosen)
             self._counted = True
             self.relay.idle_timeout(self._live.route.settings.idle_timeout)
         self.relay.start()
@@ -337,8 +427,9 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
 
     def _finished(self, relay: Relay) -> None:
-        if self._counted and self._live is not None and self._chosen is not None:
-            self._live.pool.closed(self._chosen)
+        live, chosen = self._live, self._chosen
+        if self._counted and live is not None and live.pool is not None and chosen is not None:
+            live.pool.closed(chosen)
         first = relay.first_close
         client_close = relay.closed_with(Side.CLIENT)
         backend_close = relay.closed_with(Side.BACKEND)
@@ -381,6 +472,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         #: Replaced whole by a reload; each connection reads it once, when routed.
         self.routes = routes
         self.clock = reactor
+        self._site: tuple[tuple[str | None, str | None], Any] | None = None
         defaults = RouteSettings()
         # Per-route values (size limit, close timeout, deflate) are set on
         # each connection once it is routed.
@@ -398,6 +490,15 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
             perMessageCompressionAccept=_deflate.server_accept(defaults.client_deflate),
         )
         self.server = None
+
+    def web_site(self) -> Any:
+        """The static site of the listener's ``web`` directory (rebuilt on reloads)."""
+        listener = self.routes.listener
+        key = (listener.web, listener.web_index)
+        if self._site is None or self._site[0] != key:
+            assert listener.web is not None
+            self._site = (key, _web.make_site(listener.web, listener.web_index, self))
+        return self._site[1]
 
     def acceptableProtocols(self) -> list[bytes]:
         return [b"http/1.1"]

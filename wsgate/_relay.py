@@ -53,6 +53,9 @@ class Leg(Protocol):
     def finish_ending(self) -> None:
         """The other leg has closed; complete this leg's own (held) ending."""
 
+    def fail(self, code: int, reason: str) -> None:
+        """Fail this leg's connection with ``code`` (its peer sent what cannot cross)."""
+
 
 @dataclass(slots=True)
 class _Direction:
@@ -100,6 +103,9 @@ class Relay:
         self._last_activity = self.opened_at
         self._idle_timeout = 0.0
         self._idle_call: Any = None
+
+    def leg(self, side: Side) -> Leg:
+        return self._legs[side]
 
     def _other(self, side: Side) -> Leg:
         return self._legs[Side.BACKEND if side is Side.CLIENT else Side.CLIENT]

@@ -8,6 +8,7 @@ endpoint is gone stop listening (their connections go on); new ones open.
 
 from __future__ import annotations
 
+import functools
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgate._backend import BackendConnector
-from wsgate._config import Backend, Config, ConfigError, Listener, Route
+from wsgate._config import (
+    AnyBackend,
+    Config,
+    ConfigError,
+    Listener,
+    Route,
+    RouteSettings,
+    StreamBackend,
+)
 from wsgate._frontend import FrontendFactory, ListenerRoutes, LiveRoute
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
+from wsgate._tcpleg import StreamConnector
 
 _log = Logger(namespace="wsgate")
 
@@ -53,7 +63,7 @@ class Gateway(service.MultiService):
         super().__init__()
         self._reactor = reactor
         self.config = config
-        self._pools: dict[tuple[Any, ...], BackendPool[Backend]] = {}
+        self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
         self._open: dict[str, _Open] = {}
         self._previous_hup: Any = None
         for listener, routes in self._build(config).items():
@@ -63,22 +73,31 @@ class Gateway(service.MultiService):
 
     def _build(self, config: Config) -> dict[Listener, ListenerRoutes]:
         live: dict[tuple[Any, ...], LiveRoute] = {}
-        pools: dict[tuple[Any, ...], BackendPool[Backend]] = {}
+        pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
         for route in config.routes:
             settings = route.settings
-            pool: BackendPool[Backend] = BackendPool(
-                route.backends,
-                self._reactor,
-                balance=settings.balance,  # type: ignore[arg-type]
-                max_fails=settings.max_fails,
-                fail_timeout=settings.fail_timeout,
+            pool: BackendPool[AnyBackend] | None = None
+            tokens = None
+            if route.token_file is not None:
+                from wsgate._tokens import TokenFile
+
+                # No clock: a stat per new connection, so an edit applies at once.
+                tokens = TokenFile(route.token_file)
+            else:
+                pool = BackendPool(
+                    route.backends,
+                    self._reactor,
+                    balance=settings.balance,  # type: ignore[arg-type]
+                    max_fails=settings.max_fails,
+                    fail_timeout=settings.fail_timeout,
+                )
+                previous = self._pools.get(_route_key(route))
+                if previous is not None:
+                    pool.adopt(previous)
+                pools[_route_key(route)] = pool
+            live[_route_key(route)] = LiveRoute(
+                route, pool, functools.partial(_connector, self._reactor, settings), tokens
             )
-            previous = self._pools.get(_route_key(route))
-            if previous is not None:
-                pool.adopt(previous)
-            pools[_route_key(route)] = pool
-            connectors = {b: BackendConnector(self._reactor, settings, b) for b in route.backends}
-            live[_route_key(route)] = LiveRoute(route, pool, connectors)
         self._next_pools = pools
         result = {}
         for listener in config.listeners:
@@ -185,6 +204,12 @@ class Gateway(service.MultiService):
             routes=len(config.routes),
         )
         return ok
+
+
+def _connector(reactor: Any, settings: RouteSettings, backend: AnyBackend) -> Any:
+    if isinstance(backend, StreamBackend):
+        return StreamConnector(reactor, settings, backend)
+    return BackendConnector(reactor, settings, backend)
 
 
 def _load_certificates(listener: Listener) -> Any:

@@ -140,6 +140,10 @@ class RelayedLeg:
     def register_producer_of(self, other: Leg) -> None:
         producer = getattr(other, "transport", None)
         if self.transport is not None and producer is not None:
+            if getattr(self.transport, "producer", None) is not None:
+                # A connection that served static files first still has the
+                # HTTP channel registered.
+                self.transport.unregisterProducer()
             self.transport.registerProducer(producer, True)
 
     def unregister_producer(self) -> None:
@@ -179,6 +183,9 @@ class RelayedLeg:
         super()._fail_connection(code, reason)  # type: ignore[misc]
         if was_open:
             self._tell_ending(Cause.FAILED, code, reason)
+
+    def fail(self, code: int, reason: str) -> None:
+        self._fail_connection(code, reason)
 
     def finish_ending(self) -> None:
         """The other leg has closed: now fail this one, if a failure was held."""

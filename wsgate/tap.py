@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -52,9 +53,24 @@ class Options(usage.Options):
             "backend",
             "b",
             None,
-            "Backend URL, ws:// or wss://, for requests no --route matches; "
-            "the request's path and query are appended to its path.",
+            "Backend for requests no --route matches: a ws:// or wss:// URL (the request's "
+            "path and query are appended to its path), or a raw stream endpoint such as "
+            "tcp:127.0.0.1:5901 (VNC, websockify style).",
         ],
+        [
+            "token-file",
+            None,
+            None,
+            "websockify token file (token: host:port lines) or directory of them: clients "
+            "pick a stream target with ?token=NAME. Re-read when it changes.",
+        ],
+        [
+            "web",
+            None,
+            None,
+            "Directory served to plain HTTP requests on the same port (e.g. noVNC's files).",
+        ],
+        ["web-index", None, None, "File a directory request serves (e.g. vnc.html)."],
         *_setting_options(),
     ]
 
@@ -98,7 +114,13 @@ class Options(usage.Options):
     def _from_file(self) -> Config:
         given = [
             "--" + name
-            for name in ("backend", *(s.option[2:] for s in SETTINGS if s.cli))
+            for name in (
+                "backend",
+                "token-file",
+                "web",
+                "web-index",
+                *(s.option[2:] for s in SETTINGS if s.cli),
+            )
             if self.get(name)
         ]
         given += ["--listen"] * bool(self["listen"]) + ["--route"] * bool(self["route"])
@@ -114,9 +136,9 @@ class Options(usage.Options):
     def _from_command_line(self) -> Config:
         from wsgate._configfile import check
 
-        if not self["backend"] and not self["route"]:
+        if not (self["backend"] or self["route"] or self["token-file"] or self["web"]):
             raise ConfigError(
-                "--backend, --route or --config is required "
+                "--backend, --route, --token-file or --config is required "
                 "(for example --backend ws://127.0.0.1:9000)"
             )
         raw = {
@@ -153,9 +175,21 @@ class Options(usage.Options):
                     name="--backend", backends=(parse_backend(self["backend"]),), settings=settings
                 )
             )
+        if self["token-file"]:
+            from wsgate._tokens import TokenFile
+
+            path = os.path.abspath(self["token-file"])
+            try:
+                TokenFile(path)
+            except ConfigError as e:
+                raise ConfigError(f"--token-file: {e}") from None
+            routes.append(Route(name="--token-file", token_file=path, settings=settings))
         listen = self["listen"] or ["tcp:8080"]
+        web = os.path.abspath(self["web"]) if self["web"] else None
         config = Config(
-            listeners=tuple(Listener(endpoint=e, name=e) for e in listen),
+            listeners=tuple(
+                Listener(endpoint=e, name=e, web=web, web_index=self["web-index"]) for e in listen
+            ),
             routes=tuple(routes),
         )
         problems = check(config, "command line")

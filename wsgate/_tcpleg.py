@@ -1,0 +1,242 @@
+"""The raw stream backend leg: a TCP (or unix, or TLS) connection, websockify style.
+
+Bytes from the stream go to the client as binary messages (what one read
+returned, cut at ``_MAX_MESSAGE``), or as base64 text for clients that chose
+websockify's old ``base64`` subprotocol; the client's messages are written
+to the stream as they arrive. Backpressure is the relay's, portforward
+style. A clean EOF from the server closes the client with 1000; a reset
+with 1011; a client's close half-closes the stream, and the server's EOF
+(or ``close_timeout``) finishes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer, error, interfaces, protocol
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsgate._backend import BackendError
+from wsgate._closecodes import Cause, Close, Side
+from wsgate._config import RouteSettings, StreamBackend
+
+_log = Logger(namespace="wsgate")
+
+#: Largest message made from one read of the stream.
+_MAX_MESSAGE = 64 * 1024
+
+#: Subprotocols a stream backend answers, as websockify does: raw binary, or
+#: base64 text for old noVNC clients.
+BINARY, BASE64 = "binary", "base64"
+
+
+def choose_subprotocol(offered: Sequence[str]) -> str | None:
+    """``binary`` if offered, else ``base64`` if offered, else none (noVNC 1.7
+    offers none and sends binary)."""
+    if BINARY in offered:
+        return BINARY
+    if BASE64 in offered:
+        return BASE64
+    return None
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class StreamLeg(protocol.Protocol):
+    """One client's connection to a stream backend: a relay ``Leg``."""
+
+    side = Side.BACKEND
+    relay: Any = None
+    transport: Any  # ITCPTransport (or TLS, unix); zope interfaces confuse mypy
+    #: What the frontend's open log line and 101 answer ask of a backend leg.
+    websocket_extensions_in_use: tuple[()] = ()
+    http_response_data = b""
+
+    def __init__(self, subprotocol: str | None, clock: Any, close_timeout: float) -> None:
+        self.websocket_protocol_in_use = subprotocol
+        self._base64 = self.base64 = subprotocol == BASE64
+        self._clock = clock
+        self._close_timeout = close_timeout
+        self._pending = b""  # base64 text not yet a multiple of 4 characters
+        self._ending_told = False
+        self._closing_call: Any = None
+        self.opened: defer.Deferred[StreamLeg] = defer.Deferred()
+
+    # -- the stream ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # Servers (VNC) speak first: hold it until the client's leg is open.
+        self.transport.pauseProducing()
+        self.opened.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:
+            return
+        binary = not self._base64
+        for start in range(0, len(data), _MAX_MESSAGE):
+            chunk = data[start : start + _MAX_MESSAGE]
+            relay.message_begin(Side.BACKEND, binary)
+            relay.message_data(
+                Side.BACKEND, base64.b64encode(chunk) if self._base64 else chunk, True
+            )
+
+    def readConnectionLost(self) -> None:
+        """The server sent EOF: it has said all it will."""
+        if self._closing_call is not None:  # and we had closed our side: done
+            self.transport.loseConnection()
+            return
+        self._tell_ending(Cause.PEER_CLOSED, 1000, "")
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self._closing_call is not None and self._closing_call.active():
+            self._closing_call.cancel()
+        if reason.check(error.ConnectionDone):
+            self._tell_ending(Cause.PEER_CLOSED, 1000, "")
+            code, why = 1000, ""
+        else:
+            why = reason.getErrorMessage()
+            self._tell_ending(Cause.DROPPED, 1006, why)
+            code = 1006
+        if self.relay is not None:
+            self.relay.leg_closed(Side.BACKEND, code, why)
+
+    def _tell_ending(self, cause: Cause, code: int, reason: str) -> None:
+        if self._ending_told:
+            return
+        self._ending_told = True
+        if self.relay is not None:
+            self.relay.leg_ending(Side.BACKEND, cause, code, reason)
+
+    # -- from the relay (the client's messages) ----------------------------------
+
+    def send_begin(self, binary: bool) -> None:
+        pass  # a stream has no message boundaries
+
+    def send_data(self, data: bytes, final: bool) -> None:
+        if self._base64:
+            text = self._pending + data
+            usable = len(text) - len(text) % 4 if not final else len(text)
+            self._pending = text[usable:]
+            try:
+                data = base64.b64decode(text[:usable], validate=True)
+            except (binascii.Error, ValueError):
+                self._fail_client("a base64 message was not valid base64")
+                return
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _fail_client(self, reason: str) -> None:
+        if self.relay is not None:
+            self.relay.leg(Side.CLIENT).fail(1007, reason)
+
+    def send_close(self, close: Close) -> None:
+        """The client closed: end our writing, let the server finish."""
+        self._ending_told = True
+        transport = self.transport
+        if transport is None:
+            return
+        if interfaces.IHalfCloseableDescriptor.providedBy(transport) or hasattr(
+            transport, "loseWriteConnection"
+        ):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+        self.resume_reading()
+        self._closing_call = self._clock.callLater(self._close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._closing_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def finish_ending(self) -> None:
+        """The server ended first and the client has closed: close our side."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- flow control ---------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def register_producer_of(self, other: Any) -> None:
+        producer = getattr(other, "transport", None)
+        if self.transport is not None and producer is not None:
+            self.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        if self.transport is not None and getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+
+    def dropConnection(self, abort: bool = True) -> None:
+        """What the frontend calls on a backend leg the client never used."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class StreamConnector:
+    """Opens stream legs to one backend (a Twisted client endpoint string)."""
+
+    def __init__(self, reactor: Any, settings: RouteSettings, backend: StreamBackend) -> None:
+        self._reactor = reactor
+        self._settings = settings
+        self._backend = backend
+        self._endpoint = clientFromString(reactor, backend.endpoint)
+
+    def connect(
+        self,
+        resource: str,
+        headers: Mapping[str, str],
+        protocols: Sequence[str],
+        origin: str | None,
+        useragent: str | None,
+    ) -> defer.Deferred[StreamLeg]:
+        backend = self._backend
+        leg = StreamLeg(choose_subprotocol(protocols), self._reactor, self._settings.close_timeout)
+        connecting = connectProtocol(self._endpoint, leg)
+        connecting.addTimeout(self._settings.connect_timeout, self._reactor)
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(defer.CancelledError):  # the client went away
+                return failure
+            if failure.check(defer.TimeoutError, error.TimeoutError):
+                exc = BackendError(
+                    504, f"connecting to backend {backend.url} timed out", retryable=True
+                )
+            else:
+                text = str(failure.value).strip() or type(failure.value).__name__
+                exc = BackendError(
+                    502,
+                    f"backend {backend.url} unreachable: {text.splitlines()[0]}",
+                    retryable=True,
+                )
+            exc.backend = backend.url
+            raise exc
+
+        connecting.addErrback(failed)
+        connecting.addCallback(lambda _: leg.opened)
+
+        def cancel(d: defer.Deferred[StreamLeg]) -> None:
+            connecting.cancel()
+            leg.dropConnection()
+
+        result: defer.Deferred[StreamLeg] = defer.Deferred(cancel)
+        connecting.chainDeferred(result)
+        return result
+
+
+__all__ = ["BASE64", "BINARY", "StreamConnector", "StreamLeg", "choose_subprotocol"]
