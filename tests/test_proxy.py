@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import random
@@ -526,3 +527,46 @@ def test_backend_ignoring_close_is_dropped_after_the_close_timeout(wsgate: GateF
                 await gone.wait()
 
     asyncio.run(main())
+
+
+def test_backend_breaking_framing_twice_in_one_read(wsgate: GateFactory) -> None:
+    """A raw backend sends a good message, a stray continuation frame and more, in
+    one write (wstest 5.15): the good message arrives, then 1014; no traceback."""
+    port = free_port()
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--backend-deflate", "off")
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # let the client's leg open first
+        # wstest 5.15: a message in two fragments, a continuation frame with
+        # nothing to continue, a text message; all in one write.
+        writer.write(b"\x01\x09fragment1\x80\x09fragment2\x00\x09fragment3\x81\x09fragment4")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(broken, "127.0.0.1", port)
+        async with server, client(gate.url) as ws:
+            assert await ws.recv() == "fragment1fragment2"
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(TIMEOUT):
+                    await ws.recv()
+            assert ws.close_code == 1014
+
+    asyncio.run(main())
+    assert "Traceback" not in gate.log()

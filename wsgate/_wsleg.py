@@ -41,6 +41,10 @@ class RelayedLeg:
     #: A failure found on this leg, held back until the other leg has closed.
     _held: tuple[int, str] | None = None
     _in_close_frame: bool = False
+    #: Autobahn sets this in onMessageBegin; a leg that failed skips that for
+    #: the frames its peer still sent in the same read, and Autobahn's size
+    #: accounting must not crash on them (wstest 5.x, fragmentation errors).
+    message_data_total_length: int = 0
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
