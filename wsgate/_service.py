@@ -61,6 +61,9 @@ class Gateway(service.MultiService):
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
+        from wsgate import _speedups
+
+        _speedups.install()
         self._reactor = reactor
         self.config = config
         self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}

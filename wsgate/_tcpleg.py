@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsgate import _speedups
 from wsgate._backend import BackendError
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
@@ -132,7 +133,7 @@ class StreamLeg(protocol.Protocol):
                 self._fail_client("a base64 message was not valid base64")
                 return
         if data and self.transport is not None:
-            self.transport.write(data)
+            _speedups.write(self.transport, data)
 
     def _fail_client(self, reason: str) -> None:
         if self.relay is not None:

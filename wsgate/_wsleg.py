@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from wsgate import _speedups
 from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
 
 if TYPE_CHECKING:
@@ -87,9 +88,21 @@ class RelayedLeg:
         pass
 
     def onMessageEnd(self) -> None:
+        pmc = self._perMessageCompress
+        if pmc is not None and self._resets_context(pmc, ours=False):
+            pmc._decompressor = None  # Autobahn makes a new one per message anyway
         tail, self._tail = self._tail, b""
         if self.relay is not None and self._held is None:
             self.relay.message_data(self.side, tail, True)
+
+    def _resets_context(self, pmc: Any, ours: bool) -> bool:
+        """Whether our side's (or the peer's) compression starts afresh with each
+        message, as negotiated: then its zlib state need not outlive the message,
+        and an idle connection holds none (``no_context_takeover`` policy)."""
+        server_side = (self.side is Side.CLIENT) == ours  # the leg's server end
+        return bool(
+            pmc.server_no_context_takeover if server_side else pmc.client_no_context_takeover
+        )
 
     # -- outgoing: complete frames only ---------------------------------------
 
@@ -110,6 +123,8 @@ class RelayedLeg:
                 # Autobahn's trimmed flush is then b"": not a deflate block the
                 # peer can end with 00 00 ff ff. An empty stored block is b"\x00".
                 payload += pmc.end_compress_message() or (b"" if payload else b"\x00")
+                if self._resets_context(pmc, ours=True):
+                    pmc._compressor = None  # Autobahn makes a new one per message anyway
             elif not payload:
                 return
         elif not data and not final:
@@ -247,7 +262,7 @@ class RelayedLeg:
         if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
-            self.transport.write(data)
+            _speedups.write(self.transport, data)
 
 
 def leg_options(config: RouteSettings) -> dict[str, Any]:
