@@ -422,6 +422,10 @@ backend be
     return Running(f"ws://127.0.0.1:{port}", proc.pid, proc, signal.SIGTERM)
 
 
+#: wsgate's deflate policy on both legs in the deflate scenarios (--wsgate-deflate).
+WSGATE_DEFLATE = ["on"]
+
+
 def _start_wsgate(secure: bool) -> Callable[[Env, str, bool], Running]:
     def start(env: Env, mode: str, big: bool) -> Running:
         from wsgate.testing import Wsgate
@@ -433,7 +437,7 @@ def _start_wsgate(secure: bool) -> Callable[[Env, str, bool], Running]:
             )
         else:
             listen = f"tcp:{port}:interface=127.0.0.1"
-        deflate = "on" if mode == "deflate" else "off"
+        deflate = WSGATE_DEFLATE[0] if mode == "deflate" else "off"
         args = [
             "--listen",
             listen,
@@ -837,7 +841,12 @@ def run_all(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     _log(f"load average after: {meta['loadavg_after']}")
     return {
         "meta": meta,
-        "settings": {**vars(settings), "rounds": args.rounds, "memory_rounds": args.memory_rounds},
+        "settings": {
+            **vars(settings),
+            "rounds": args.rounds,
+            "memory_rounds": args.memory_rounds,
+            "wsgate_deflate": WSGATE_DEFLATE[0],
+        },
         "targets": {t.name: t.description for t in targets},
         "scenarios": {s.key: s.title for s in scenarios},
         "results": results,
@@ -1291,9 +1300,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="niceness of the proxies, backend and load generator (e.g. -5 on a busy machine)",
     )
+    p.add_argument(
+        "--wsgate-deflate",
+        default="on",
+        help="wsgate's deflate policy in the deflate scenarios (default on; e.g. "
+        "on,no_context_takeover)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     p.add_argument("--report-only", action="store_true", help="re-render OUT/results.json")
     args = p.parse_args(argv)
+    WSGATE_DEFLATE[0] = args.wsgate_deflate
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
         report(data, args.out)
