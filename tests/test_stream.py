@@ -264,7 +264,8 @@ def test_static_files_beside_the_websocket(wsgate: GateFactory, tmp_path: Path) 
     status, kind, body = get("/app/rfb.js")
     assert status == 200 and "javascript" in kind
     assert get("/")[0] == 200 and b"<title>vnc" in get("/")[2]  # the index
-    assert get("/app/")[0] == 404  # no listings
+    assert get("/app/") == (404, "text/plain; charset=utf-8", b"no such file\n")  # no listings
+    assert get("/missing.js") == (404, "text/plain; charset=utf-8", b"no such file\n")
     for sneaky in (
         "/../secret.txt",
         "/app/../../secret.txt",

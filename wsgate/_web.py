@@ -21,9 +21,22 @@ def is_upgrade(headers: dict[str, str]) -> bool:
     return "websocket" in headers.get("upgrade", "").lower()
 
 
+class _NotFound(resource.Resource):
+    """A one-line 404, like wsgate's other answers (not twisted.web's HTML page)."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"no such file\n"
+
+
 class _Files(static.File):
+    childNotFound = _NotFound()  # type: ignore[assignment]
+
     def directoryListing(self) -> resource.Resource:
-        return resource.NoResource("No such file.")
+        return _NotFound()
 
 
 class _Root(resource.Resource):

@@ -62,7 +62,8 @@ class Options(usage.Options):
             None,
             None,
             "websockify token file (token: host:port lines) or directory of them: clients "
-            "pick a stream target with ?token=NAME. Re-read when it changes.",
+            "pick a stream target with ?token=NAME or a last path segment /NAME. Re-read "
+            "when it changes.",
         ],
         [
             "web",
@@ -88,9 +89,10 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def opt_route(self, spec: str) -> None:
-        """PREFIX=URL: requests whose path starts with PREFIX (whole segments)
-        go to the ws:// or wss:// URL, path kept; repeatable; the longest
-        matching prefix wins."""
+        """PREFIX=BACKEND: requests whose path starts with PREFIX (whole
+        segments) go to BACKEND (a ws:// or wss:// URL, path kept, or a stream
+        endpoint such as tcp:127.0.0.1:5901); repeatable; the longest matching
+        prefix wins."""
         self["route"].append(spec)
 
     def postOptions(self) -> None:
