@@ -85,6 +85,35 @@ def test_bytes_both_ways_binary_subprotocol(wsgate: GateFactory) -> None:
     assert "Traceback" not in gate.log()
 
 
+@pytest.mark.parametrize("host", ["localhost", "::1"])
+def test_stream_backend_by_name_or_ipv6(wsgate: GateFactory, host: str) -> None:
+    port = free_port()
+    if host == "::1":
+        if not socket.has_ipv6:
+            pytest.skip("no IPv6 on this machine")
+        target = f"tcp:host=\\:\\:1:port={port}"
+    else:
+        target = f"tcp:localhost:{port}"
+    gate = wsgate("--backend", target)
+
+    async def main() -> None:
+        server = await asyncio.start_server(
+            _echo_once, "::1" if host == "::1" else "127.0.0.1", port
+        )
+        async with server, client(gate.url) as ws:
+            await ws.send(b"hello")
+            assert await ws.recv() == b"hello"
+
+    asyncio.run(main())
+
+
+async def _echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.read(5))
+    await writer.drain()
+    await reader.read()
+    writer.close()
+
+
 def test_server_speaks_first_and_eof_closes_with_1000(wsgate: GateFactory) -> None:
     port = free_port()
     gate = wsgate("--backend", f"tcp:127.0.0.1:{port}")

@@ -17,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer, error, interfaces, protocol
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    connectProtocol,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -196,7 +203,7 @@ class StreamConnector:
         self._reactor = reactor
         self._settings = settings
         self._backend = backend
-        self._endpoint = clientFromString(reactor, backend.endpoint)
+        self._endpoint = _resolving(reactor, clientFromString(reactor, backend.endpoint))
 
     def connect(
         self,
@@ -238,6 +245,18 @@ class StreamConnector:
         result: defer.Deferred[StreamLeg] = defer.Deferred(cancel)
         connecting.chainDeferred(result)
         return result
+
+
+def _resolving(reactor: Any, endpoint: Any) -> Any:
+    """``tcp:name:port`` makes a TCP4ClientEndpoint, which resolves IPv4 only
+    and cannot reach an IPv6 literal: a host name gets HostnameEndpoint (IPv4
+    and IPv6, happy eyeballs), an IPv6 literal TCP6ClientEndpoint."""
+    if isinstance(endpoint, TCP4ClientEndpoint) and not isIPAddress(endpoint._host):
+        host, port, timeout = endpoint._host, endpoint._port, endpoint._timeout
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    return endpoint
 
 
 __all__ = ["BASE64", "BINARY", "StreamConnector", "StreamLeg", "choose_subprotocol"]
