@@ -69,12 +69,17 @@ class Gateway(service.MultiService):
         self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
         self._open: dict[str, _Open] = {}
         self._previous_hup: Any = None
-        for listener, routes in self._build(config).items():
+        built, self._pools = self._build(config)
+        for listener, routes in built.items():
             self._add(listener, routes)
 
     # -- building ---------------------------------------------------------------
 
-    def _build(self, config: Config) -> dict[Listener, ListenerRoutes]:
+    def _build(
+        self, config: Config
+    ) -> tuple[dict[Listener, ListenerRoutes], dict[tuple[Any, ...], BackendPool[AnyBackend]]]:
+        """Each listener's live routes, and the routes' pools (taking over the
+        running ones' load and health)."""
         live: dict[tuple[Any, ...], LiveRoute] = {}
         pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
         for route in config.routes:
@@ -101,15 +106,13 @@ class Gateway(service.MultiService):
             live[_route_key(route)] = LiveRoute(
                 route, pool, functools.partial(_connector, self._reactor, settings), tokens
             )
-        self._next_pools = pools
         result = {}
         for listener in config.listeners:
             routes = tuple(live[_route_key(r)] for r in config.routes_for(listener))
             result[listener] = ListenerRoutes(listener, Router(routes), routes)
-        return result
+        return result, pools
 
     def _add(self, listener: Listener, routes: ListenerRoutes) -> _Open:
-        self._pools = self._next_pools
         factory = FrontendFactory(routes, self._reactor)
         sni = None
         wrapped: Any = factory
@@ -151,7 +154,7 @@ class Gateway(service.MultiService):
 
         try:
             config = load_file(source)
-            built = self._build(config)
+            built, pools = self._build(config)
             certificates = {
                 listener.endpoint: _load_certificates(listener) for listener in config.listeners
             }
@@ -162,12 +165,13 @@ class Gateway(service.MultiService):
                 errors=str(e),
             )
             return defer.succeed(False)
-        return defer.ensureDeferred(self._apply(config, built, certificates))
+        return defer.ensureDeferred(self._apply(config, built, pools, certificates))
 
     async def _apply(
         self,
         config: Config,
         built: dict[Listener, ListenerRoutes],
+        pools: dict[tuple[Any, ...], BackendPool[AnyBackend]],
         certificates: dict[str, Any],
     ) -> bool:
         wanted = {listener.endpoint: listener for listener in config.listeners}
@@ -179,7 +183,7 @@ class Gateway(service.MultiService):
             ):
                 del self._open[endpoint]
                 closing.append(defer.maybeDeferred(opened.service.disownServiceParent))
-        self._pools = self._next_pools
+        self._pools = pools
         self.config = config
         for listener, routes in built.items():
             opened_now = self._open.get(listener.endpoint)
