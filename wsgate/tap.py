@@ -47,7 +47,7 @@ class Options(usage.Options):
             "c",
             None,
             "TOML configuration file (listeners, routes, settings); "
-            "cannot be combined with the options below. SIGHUP re-reads it.",
+            "cannot be combined with the other options. SIGHUP re-reads it.",
         ],
         [
             "backend",
@@ -89,11 +89,14 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def opt_route(self, spec: str) -> None:
-        """PREFIX=BACKEND: requests whose path starts with PREFIX (whole
-        segments) go to BACKEND (a ws:// or wss:// URL, path kept, or a stream
-        endpoint such as tcp:127.0.0.1:5901); repeatable; the longest matching
-        prefix wins."""
         self["route"].append(spec)
+
+    # One line: usage.Options shows a docstring's continuation indents as they are.
+    opt_route.__doc__ = (
+        "PREFIX=BACKEND: requests whose path starts with PREFIX (whole segments) go to "
+        "BACKEND (a ws:// or wss:// URL, path kept, or a stream endpoint such as "
+        "tcp:127.0.0.1:5901); repeatable; the longest matching prefix wins."
+    )
 
     def postOptions(self) -> None:
         try:
