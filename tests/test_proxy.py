@@ -570,3 +570,30 @@ def test_backend_breaking_framing_twice_in_one_read(wsgate: GateFactory) -> None
 
     asyncio.run(main())
     assert "Traceback" not in gate.log()
+
+
+def test_no_context_takeover_both_legs_round_trips(wsgate: GateFactory) -> None:
+    """The lighter policy: wsgate drops and remakes its zlib state per message."""
+    port = free_port()
+    policy = "on,no_context_takeover"
+    gate = wsgate(
+        "--backend",
+        f"ws://127.0.0.1:{port}",
+        "--client-deflate",
+        policy,
+        "--backend-deflate",
+        policy,
+    )
+
+    async def main() -> None:
+        async with backend(port) as be, client(gate.url) as ws:
+            for message in ["same text " * 50] * 3 + [b"\x00" * 5000, "", "é" * 3000] * 2:
+                await ws.send(message)
+                assert await ws.recv() == message
+            # The peers agreed to compress each message afresh too: wsgate keeps
+            # no zlib state between messages on either leg.
+            assert "client_no_context_takeover" in (negotiated(ws) or "")
+            assert "server_no_context_takeover" in ((await be.wait_seen()).extensions or "")
+
+    asyncio.run(main())
+    assert "Traceback" not in gate.log()
