@@ -173,15 +173,7 @@ class BackendConnector:
         connecting = connectProtocol(endpoint, protocol)
 
         def connect_failed(failure: Failure) -> Failure:
-            if failure.check(defer.CancelledError):
-                return failure
-            if failure.check(error.TimeoutError):
-                raise BackendError(
-                    504, f"connecting to backend {backend.url} timed out", retryable=True
-                )
-            raise BackendError(
-                502, f"backend {backend.url} unreachable: {_short(failure.value)}", retryable=True
-            )
+            return connect_failure(failure, backend.url)
 
         def name_backend(failure: Failure) -> Failure:
             if isinstance(failure.value, BackendError):
@@ -212,9 +204,25 @@ def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStream
     return HostnameEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
 
 
+def connect_failure(failure: Failure, url: str) -> Failure:
+    """A failed TCP (or TLS) connect as the client's answer: 504 for a timeout,
+    502 otherwise, both worth trying the next backend. A cancel (the client
+    went away) passes through."""
+    if failure.check(defer.CancelledError):
+        return failure
+    if failure.check(defer.TimeoutError, error.TimeoutError):
+        exc = BackendError(504, f"connecting to backend {url} timed out", retryable=True)
+    else:
+        exc = BackendError(
+            502, f"backend {url} unreachable: {_short(failure.value)}", retryable=True
+        )
+    exc.backend = url
+    raise exc
+
+
 def _short(exc: BaseException | None) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
 
-__all__ = ["BackendConnector", "BackendError", "BackendProtocol"]
+__all__ = ["BackendConnector", "BackendError", "BackendProtocol", "connect_failure"]

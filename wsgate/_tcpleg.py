@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgate import _speedups
-from wsgate._backend import BackendError
+from wsgate._backend import connect_failure
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
 
@@ -219,21 +219,7 @@ class StreamConnector:
         connecting.addTimeout(self._settings.connect_timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(defer.CancelledError):  # the client went away
-                return failure
-            if failure.check(defer.TimeoutError, error.TimeoutError):
-                exc = BackendError(
-                    504, f"connecting to backend {backend.url} timed out", retryable=True
-                )
-            else:
-                text = str(failure.value).strip() or type(failure.value).__name__
-                exc = BackendError(
-                    502,
-                    f"backend {backend.url} unreachable: {text.splitlines()[0]}",
-                    retryable=True,
-                )
-            exc.backend = backend.url
-            raise exc
+            return connect_failure(failure, backend.url)
 
         connecting.addErrback(failed)
         connecting.addCallback(lambda _: leg.opened)
