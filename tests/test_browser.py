@@ -479,6 +479,30 @@ def test_client_deflate_off(wsgate: GateFactory, node_echo: NodeEcho, page: Page
     assert closed["wire_written"] < payload_bytes(COMPRESSIBLE) / 10
 
 
+def test_default_windows_and_no_context_takeover_with_chromium(
+    wsgate: GateFactory, node_echo: NodeEcho, page: Page
+) -> None:
+    """Chromium honours what wsgate asks of it: 4 KiB windows by default, and
+    client_no_context_takeover although its offer did not carry the hint."""
+    gate = wsgate("--backend", node_echo.url)
+    result = run_echo(page, f"{gate.url}/default", COMPRESSIBLE)
+    assert "client_max_window_bits=12" in result["extensions"]
+    assert "client_no_context_takeover" not in result["extensions"]
+    # wsgate compresses with a 4 KiB window too (no need to say so on the wire).
+    assert "server_bits=12,client_bits=12" in open_line(gate)["client"]
+    assert "server_max_window_bits=12" in node_echo.record("open")["accepted"]
+    assert node_echo.record("close")["code"] == 1000
+
+    light = wsgate("--backend", node_echo.url, "--client-deflate", "on,no_context_takeover")
+    result = run_echo(page, f"{light.url}/light", COMPRESSIBLE)
+    assert "client_no_context_takeover" in result["extensions"]
+    assert "server_nct=True,client_nct=True" in open_line(light)["client"]
+    closed = node_echo.record("close", 1)
+    assert closed["code"] == 1000
+    assert closed["bytes"] == payload_bytes(COMPRESSIBLE)
+    assert "Traceback" not in light.log()
+
+
 def test_backend_deflate_off(wsgate: GateFactory, node_echo: NodeEcho, page: Page) -> None:
     gate = wsgate("--backend", node_echo.url, "--backend-deflate", "off")
 

@@ -24,14 +24,15 @@ from wsgate._deflate import (
 policies = st.builds(
     DeflatePolicy,
     enabled=st.just(True),
-    window_bits=st.none() | st.integers(9, 15),
-    mem_level=st.none() | st.integers(1, 9),
+    window_bits=st.integers(9, 15),
+    mem_level=st.integers(1, 9),
     no_context_takeover=st.booleans(),
 )
 
 
 def test_parse_on_off() -> None:
-    assert parse_policy("on") == DeflatePolicy()
+    assert parse_policy("on") == DeflatePolicy(window_bits=12, mem_level=5)
+    assert DeflatePolicy().describe() == "on"
     assert parse_policy("OFF") == OFF
     assert parse_policy("on,window_bits=12,mem_level=4,no_context_takeover") == DeflatePolicy(
         window_bits=12, mem_level=4, no_context_takeover=True
@@ -120,8 +121,10 @@ def test_server_accept_builds_a_working_extension(policy: DeflatePolicy, params:
     requested = offer.request_max_window_bits
     if requested:
         assert pmce.server_max_window_bits <= requested
-    if policy.window_bits is not None:
-        assert pmce.server_max_window_bits <= policy.window_bits
+    assert pmce.server_max_window_bits <= policy.window_bits
+    assert pmce.mem_level == policy.mem_level
+    # Browsers do not offer client_no_context_takeover; it is asked anyway.
+    assert pmce.client_no_context_takeover == policy.no_context_takeover
     # The answer is a header the client can parse back.
     header = accept.get_extension_string()
     assert header.startswith("permessage-deflate")
@@ -136,8 +139,7 @@ def test_server_accept_builds_a_working_extension(policy: DeflatePolicy, params:
 def test_client_side_offer_and_accept(policy: DeflatePolicy, response_params: dict) -> None:
     (offer,) = client_offers(policy)
     text = offer.get_extension_string()
-    if policy.window_bits is not None:
-        assert f"server_max_window_bits={policy.window_bits}" in text
+    assert f"server_max_window_bits={policy.window_bits}" in text
     response = PerMessageDeflateResponse.parse(response_params)
     accept = client_accept(policy)(response)
     pmce = PerMessageDeflate.create_from_response_accept(False, accept)
