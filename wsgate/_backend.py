@@ -9,7 +9,7 @@ which HTTP status the client should get (the backend's own refusal status,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest
@@ -19,10 +19,10 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +31,8 @@ from wsgate._closecodes import Side
 from wsgate._config import Backend, RouteSettings
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
 from wsgate._wsleg import RelayedLeg, leg_options
+
+_P = TypeVar("_P", bound=Protocol)
 
 _log = Logger(namespace="wsgate")
 
@@ -170,7 +172,7 @@ class BackendConnector:
         if self._tls is not None:
             endpoint = wrapClientTLS(self._tls, endpoint)
 
-        connecting = connectProtocol(endpoint, protocol)
+        connecting = connect_protocol(endpoint, protocol)
 
         def connect_failed(failure: Failure) -> Failure:
             return connect_failure(failure, backend.url)
@@ -202,6 +204,23 @@ def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStream
     if isIPv6Address(host):
         return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
     return HostnameEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
+
+
+class _Given(Factory):
+    """Hands out one protocol already made. Twisted's ``connectProtocol``
+    defines a new factory *class* on every call, and the connection keeps it:
+    2.7 KiB per connection, more than a tenth of what an idle one costs."""
+
+    def __init__(self, made: Protocol) -> None:
+        self._made = made
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._made
+
+
+def connect_protocol(endpoint: Any, made: _P) -> defer.Deferred[_P]:
+    """``endpoint.connect`` for a protocol made beforehand."""
+    return endpoint.connect(_Given(made))  # type: ignore[no-any-return]
 
 
 def connect_failure(failure: Failure, url: str) -> Failure:

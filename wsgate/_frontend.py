@@ -400,6 +400,9 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             self._counted = True
             self.relay.idle_timeout(self._live.route.settings.idle_timeout)
         self.relay.start()
+        self.shed_handshake()
+        if isinstance(backend, RelayedLeg):
+            backend.shed_handshake()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._connecting is not None:

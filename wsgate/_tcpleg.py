@@ -23,14 +23,13 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
-    connectProtocol,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgate import _speedups
-from wsgate._backend import connect_failure
+from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
 
@@ -215,7 +214,7 @@ class StreamConnector:
     ) -> defer.Deferred[StreamLeg]:
         backend = self._backend
         leg = StreamLeg(choose_subprotocol(protocols), self._reactor, self._settings.close_timeout)
-        connecting = connectProtocol(self._endpoint, leg)
+        connecting = connect_protocol(self._endpoint, leg)
         connecting.addTimeout(self._settings.connect_timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:

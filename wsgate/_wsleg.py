@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from wsgate._config import RouteSettings
     from wsgate._relay import Leg, Relay
 
+#: What only the opening handshake reads: the request and response heads,
+#: their parsed headers, the offers. About 2 KiB per open connection.
+_HANDSHAKE_ONLY = (
+    "_request",
+    "http_request_data",
+    "http_response_data",
+    "http_headers",
+    "http_request_params",
+    "websocket_extensions",
+)
+
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
@@ -56,6 +67,12 @@ class RelayedLeg:
     failedByMe: bool
     remoteCloseCode: int | None
     remoteCloseReason: str | None
+
+    def shed_handshake(self) -> None:
+        """Drop what only the opening handshake needed, once the relay runs."""
+        attributes = self.__dict__
+        for name in _HANDSHAKE_ONLY:
+            attributes.pop(name, None)
 
     # -- incoming: stream every piece to the relay ---------------------------
 
