@@ -64,6 +64,7 @@ class Gateway(service.MultiService):
         from wsgate import _speedups
 
         _speedups.install()
+        _speedups.fast_poll(reactor)
         self._reactor = reactor
         self.config = config
         self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
