@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pprint
 import socket
 
 from autobahn.nvx._utf8validator import Utf8Validator as NativeValidator
@@ -130,3 +131,14 @@ def test_fast_poll_runs_events_and_survives_a_failing_one() -> None:
             a.close()
             b.close()
         reactor._poller.close()
+
+
+def test_autobahn_s_debug_formatting_is_lazy_and_the_same() -> None:
+    from autobahn.websocket import protocol
+
+    _speedups.install()
+    value = [("applyMask", True, "Factory"), ("maxFramePayloadSize", 0, "Factory")] * 5
+    lazy = protocol.pformat(value)  # type: ignore[attr-defined]
+    assert isinstance(lazy, _speedups.LazyFormat)
+    assert str(lazy) == pprint.pformat(value)
+    assert f"{lazy}" == pprint.pformat(value)
