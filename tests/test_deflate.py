@@ -16,6 +16,7 @@ from wsgate._deflate import (
     DeflatePolicy,
     client_accept,
     client_offers,
+    client_window_hint,
     parse_policy,
     server_accept,
     usable_extensions,
@@ -105,6 +106,29 @@ def test_kept_offers_always_parse(offered: list[tuple[str, dict[str, list[object
     for name, params in usable_extensions(offered):
         if name == "permessage-deflate":
             PerMessageDeflateOffer.parse(params)
+
+
+@pytest.mark.parametrize(
+    ("params", "hint", "answer"),
+    [
+        ({"client_max_window_bits": ["10"]}, 10, "client_max_window_bits=10"),
+        ({"client_max_window_bits": ["15"]}, 15, "client_max_window_bits=12"),
+        (CHROME_OFFER, None, "client_max_window_bits=12"),
+        ({}, None, None),
+    ],
+)
+def test_a_client_s_own_window_limit_is_kept(
+    params: dict[str, list[object]], hint: int | None, answer: str | None
+) -> None:
+    """Node ws refuses an answer above the value it offered; Autobahn drops it."""
+    offered = [("x-other", {}), ("permessage-deflate", params)]
+    assert client_window_hint(offered) == hint
+    accept = server_accept(DeflatePolicy(), hint)([_offer(params)])
+    header = accept.get_extension_string()
+    if answer is None:
+        assert "client_max_window_bits" not in header
+    else:
+        assert answer in header
 
 
 def test_off_declines() -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from node_echo import TIMEOUT, NodeEcho, node_echo_server, node_missing
+from node_echo import NODE_DIR, TIMEOUT, NodeEcho, node_echo_server, node_missing
 from websockets.asyncio.client import connect
 
 from wsgate.testing import Wsgate
@@ -99,3 +100,38 @@ def test_no_context_takeover_policy_is_asked_for_both_directions(
     payload = sum(len(m) for m in FEED)
     assert closed["wire_written"] > payload / 2
     assert closed["wire_read"] > payload / 2
+
+
+_NODE_CLIENT = """
+const WebSocket = require('ws');
+const ws = new WebSocket(process.argv[1], {
+  perMessageDeflate: { clientMaxWindowBits: 10, threshold: 0 },
+});
+const sent = 'hello '.repeat(200);
+ws.on('open', () => ws.send(sent));
+ws.on('message', (data) => {
+  const params = ws._extensions['permessage-deflate'].params;
+  console.log(JSON.stringify({ echoed: data.toString() === sent, params }));
+  ws.close(1000);
+});
+ws.on('error', (e) => { console.log(JSON.stringify({ error: String(e) })); process.exit(1); });
+"""
+
+
+def test_a_node_ws_client_s_own_window_limit_is_kept(
+    wsgate: GateFactory, node_echo: NodeEcho
+) -> None:
+    """ws refuses an answer asking for a bigger window than it offered (10
+    bits, below wsgate's default 12): wsgate answers with the client's 10."""
+    gate = wsgate("--backend", node_echo.url)
+    done = subprocess.run(
+        ["node", "-e", _NODE_CLIENT, gate.url],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    result = json.loads(done.stdout)
+    assert result.get("echoed"), result  # else ws refused the handshake
+    assert result["params"]["client_max_window_bits"] == 10, result
+    assert done.returncode == 0, done.stderr

@@ -125,28 +125,46 @@ def usable_extensions(
     return kept
 
 
-def server_accept(policy: DeflatePolicy) -> Callable[[Sequence[Any]], Any]:
-    """The ``perMessageCompressionAccept`` function for the client leg."""
+def client_window_hint(extensions: Iterable[tuple[str, dict[str, list[Any]]]]) -> int | None:
+    """The value of ``client_max_window_bits`` in the first deflate offer, if any.
+
+    A client that names one (Node ``ws`` with ``clientMaxWindowBits: 10``)
+    refuses a response asking for more; Autobahn parses the value and drops it.
+    """
+    for name, params in extensions:
+        if name == EXTENSION:
+            values = params.get("client_max_window_bits") or [True]
+            value = values[0]
+            return None if value is True else int(value)
+    return None
+
+
+def server_accept(
+    policy: DeflatePolicy, client_window: int | None = None
+) -> Callable[[Sequence[Any]], Any]:
+    """The ``perMessageCompressionAccept`` function for the client leg;
+    ``client_window`` is the client's own hint (``client_window_hint``)."""
 
     def accept(offers: Sequence[Any]) -> PerMessageDeflateOfferAccept | None:
         if not policy.enabled:
             return None
         for offer in offers:
             if isinstance(offer, PerMessageDeflateOffer):
-                return _accept_offer(policy, offer)
+                return _accept_offer(policy, offer, client_window)
         return None
 
     return accept
 
 
 def _accept_offer(
-    policy: DeflatePolicy, offer: PerMessageDeflateOffer
+    policy: DeflatePolicy, offer: PerMessageDeflateOffer, client_window: int | None
 ) -> PerMessageDeflateOfferAccept:
     bits = policy.window_bits
     requested = offer.request_max_window_bits
+    client_bits = min(bits, client_window) if client_window else bits
     accept = PerMessageDeflateOfferAccept(
         offer,
-        request_max_window_bits=bits if offer.accept_max_window_bits else 0,
+        request_max_window_bits=client_bits if offer.accept_max_window_bits else 0,
         no_context_takeover=True if policy.no_context_takeover else None,
         window_bits=min(bits, requested) if requested else bits,
         mem_level=policy.mem_level,

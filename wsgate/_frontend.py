@@ -281,6 +281,9 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             protocols = allowed
         self.pause_reading()
         self.websocket_extensions = _deflate.usable_extensions(self.websocket_extensions)
+        hint = _deflate.client_window_hint(self.websocket_extensions)
+        if hint is not None:
+            self.perMessageCompressionAccept = _deflate.server_accept(settings.client_deflate, hint)
         peer = self.transport.getPeer()
         client = _headers.ClientRequest(
             headers=request.headers,
