@@ -1094,6 +1094,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         " Ratios compare best figures; TLS targets are compared with nginx-tls."
         " A round trip is one message to the backend and its echo; µs/msg is proxy"
         " CPU (user + system, all threads) per round trip."
+        f" wsgate's deflate scenarios: `--client-deflate {settings.get('wsgate_deflate', 'on')}"
+        f" --backend-deflate {settings.get('wsgate_deflate', 'on')}`."
     )
     out.append("")
     goals = data["goals"]
