@@ -373,9 +373,10 @@ SETTINGS: tuple[Setting, ...] = (
         parse_deflate,
         '"on"',
         'permessage-deflate on the client leg: "on", "off" or '
-        '"on,window_bits=9..15,mem_level=1..9,no_context_takeover".',
+        '"on,window_bits=9..15,mem_level=1..9,no_context_takeover" '
+        "(window_bits 12 and mem_level 5 unless given).",
         cli=True,
-        example='"on,window_bits=12"',
+        example='"on,window_bits=15,mem_level=8"',
     ),
     Setting(
         "backend_deflate",
