@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NPM_DIR := tests/node
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint bench clean
 
 # A regular install (twistd finds the plugin the way users' installs do),
 # redone whenever the package's sources change.
@@ -28,6 +28,12 @@ demo: venv
 
 test: venv $(NPM_DIR)/node_modules/.installed
 	$(PY) -m pytest
+
+# The benchmarks (benchmarks/README.md): about 15 minutes; needs Debian's nginx.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--quick
+bench: venv
+	$(PY) -m pip install -q -r benchmarks/requirements.txt
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check wsgate twisted tests benchmarks
