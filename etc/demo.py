@@ -25,14 +25,19 @@ BACKEND_PORTS = (9000, 9001)
 
 
 def main() -> int:
+    # Own sessions: Ctrl-C reaches this script alone, which then stops each
+    # child once (a second signal made Twisted log ReactorNotRunning).
     children = [
-        subprocess.Popen([sys.executable, str(HERE / "example_backend.py"), "--port", str(port)])
+        subprocess.Popen(
+            [sys.executable, str(HERE / "example_backend.py"), "--port", str(port)],
+            start_new_session=True,
+        )
         for port in BACKEND_PORTS
     ]
     try:
         for port, child in zip(BACKEND_PORTS, children, strict=True):
             wait_for_port(port, proc=child)
-        children.append(subprocess.Popen([*TWISTD, *WSGATE_ARGS]))
+        children.append(subprocess.Popen([*TWISTD, *WSGATE_ARGS], start_new_session=True))
         wait_for_port(8080, proc=children[-1])
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HERE))
         page = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), handler)
