@@ -244,4 +244,10 @@ def _short(exc: BaseException | None) -> str:
     return text.splitlines()[0]
 
 
-__all__ = ["BackendConnector", "BackendError", "BackendProtocol", "connect_failure"]
+__all__ = [
+    "BackendConnector",
+    "BackendError",
+    "BackendProtocol",
+    "connect_failure",
+    "connect_protocol",
+]
