@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgate import _speedups
+from wsgate import _sockets, _speedups
 from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
@@ -77,6 +77,7 @@ class StreamLeg(protocol.Protocol):
     # -- the stream ---------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        _sockets.no_delay(self.transport)
         # Servers (VNC) speak first: hold it until the client's leg is open.
         self.transport.pauseProducing()
         self.opened.callback(self)

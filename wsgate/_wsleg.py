@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from wsgate import _speedups
+from wsgate import _sockets, _speedups
 from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
 
 if TYPE_CHECKING:
@@ -67,6 +67,10 @@ class RelayedLeg:
     failedByMe: bool
     remoteCloseCode: int | None
     remoteCloseReason: str | None
+
+    def connectionMade(self) -> None:
+        _sockets.no_delay(self.transport)
+        super().connectionMade()  # type: ignore[misc]
 
     def shed_handshake(self) -> None:
         """Drop what only the opening handshake needed, once the relay runs."""

@@ -1,0 +1,105 @@
+"""Socket options on wsgate's own sockets, read from the live process.
+
+The test takes a duplicate of each of wsgate's sockets with pidfd_getfd(2)
+and asks the kernel with getsockopt, so it sees what wsgate really set, not
+what a library believes it set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import socket
+import ssl
+from collections.abc import Callable
+
+import pytest
+from peers import TIMEOUT, backend, client
+from test_stream import tcp_server
+
+from wsgate.testing import TlsFiles, Wsgate, free_port
+
+GateFactory = Callable[..., Wsgate]
+
+_SYS_PIDFD_OPEN, _SYS_PIDFD_GETFD = 434, 438  # the same on x86_64 and aarch64
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def connected_tcp_sockets(pid: int) -> list[socket.socket]:
+    """Duplicates of every connected TCP socket of process ``pid``."""
+    pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
+    if pidfd < 0:
+        pytest.skip(f"pidfd_open: {os.strerror(ctypes.get_errno())}")
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except FileNotFoundError:
+                continue
+            fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+            sock = socket.socket(fileno=fd)
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                try:
+                    sock.getpeername()
+                except OSError:  # a listening socket
+                    sock.close()
+                    continue
+                found.append(sock)
+            else:
+                sock.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def assert_no_delay_everywhere(gate: Wsgate, expected: int) -> None:
+    assert gate.proc is not None
+    sockets = connected_tcp_sockets(gate.proc.pid)
+    try:
+        assert len(sockets) == expected, [s.getpeername() for s in sockets]
+        for sock in sockets:
+            nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert nodelay, f"no TCP_NODELAY on {sock.getsockname()} -> {sock.getpeername()}"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_no_delay_on_both_legs_as_shipped(wsgate: GateFactory) -> None:
+    backend_port = free_port()
+    gate = wsgate("--backend", f"ws://127.0.0.1:{backend_port}")
+
+    async def main() -> None:
+        async with backend(backend_port), client(gate.url + "/x") as ws:
+            await ws.send("hello")
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == "hello"
+            assert_no_delay_everywhere(gate, expected=2)  # the client's leg, the backend's
+
+    asyncio.run(main())
+
+
+def test_no_delay_on_tls_listener_and_stream_backend(
+    wsgate: GateFactory, tls_files: TlsFiles
+) -> None:
+    backend_port, port = free_port(), free_port()
+    listen = f"ssl:{port}:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}"
+    gate = wsgate("--listen", listen, "--backend", f"tcp:127.0.0.1:{backend_port}", wait_port=port)
+    context = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+
+    async def main() -> None:
+        async with (
+            tcp_server(backend_port),
+            client(f"wss://localhost:{port}/vnc", ssl=context) as ws,
+        ):
+            await ws.send(b"RFB")
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == b"RFB"
+            assert_no_delay_everywhere(gate, expected=2)
+
+    asyncio.run(main())
