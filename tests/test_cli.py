@@ -30,7 +30,8 @@ def test_defaults() -> None:
     assert route.prefix == "/" and route.rewrite is None
     assert backend.port == 9000 and backend.path == "/app"
     settings = route.settings
-    assert settings.client_deflate.enabled and settings.backend_deflate.enabled
+    # Compression offload: deflate with clients, none with backends unless asked.
+    assert settings.client_deflate.enabled and not settings.backend_deflate.enabled
     assert settings.max_message_size == 64 * 1024 * 1024
     assert settings.origins == ("*",) and settings.idle_timeout == 0
 

@@ -64,6 +64,26 @@ def test_echo_every_mix(wsgate: GateFactory, client_deflate: str, backend_deflat
     assert "client_ext=[permessage-deflate" in gate.log() or client_deflate == "off"
 
 
+def test_defaults_compress_for_the_client_only(wsgate: GateFactory) -> None:
+    """As shipped: deflate with a client that offers it, none with the backend
+    even though it offers it too (compression offload)."""
+    port = free_port()
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}")
+
+    async def main() -> None:
+        async with backend(port) as be, client(gate.url + "/x") as ws:
+            message = "compressible " * 1000
+            await ws.send(message)
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == message
+            assert "permessage-deflate" in (negotiated(ws) or "")
+            seen = await be.wait_seen()
+            assert seen.extensions is None
+
+    asyncio.run(main())
+    assert "backend_ext=[none]" in gate.log()
+
+
 def test_text_stays_text_binary_stays_binary(wsgate: GateFactory) -> None:
     port = free_port()
     gate = wsgate("--backend", f"ws://127.0.0.1:{port}")
@@ -424,7 +444,7 @@ def test_client_pings_answered_by_wsgate(wsgate: GateFactory) -> None:
 
 def test_log_lines_open_and_close(wsgate: GateFactory) -> None:
     port = free_port()
-    gate = wsgate("--backend", f"ws://127.0.0.1:{port}")
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--backend-deflate", "on")
 
     async def main() -> None:
         async with backend(port) as be:

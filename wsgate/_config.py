@@ -330,7 +330,9 @@ class RouteSettings:
     """What a route may tune; ``[defaults]`` and the command line set them for all."""
 
     client_deflate: DeflatePolicy = field(default_factory=DeflatePolicy)
-    backend_deflate: DeflatePolicy = field(default_factory=DeflatePolicy)
+    #: Off: wsgate compresses for clients, where bandwidth matters, and
+    #: spares the application servers (compression offload, like TLS offload).
+    backend_deflate: DeflatePolicy = _deflate.OFF
     max_message_size: int = DEFAULT_MAX_MESSAGE
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -381,10 +383,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "backend_deflate",
         parse_deflate,
-        '"on"',
-        "permessage-deflate on the backend leg (same values).",
+        '"off"',
+        "permessage-deflate on the backend leg (same values); off by default: wsgate "
+        "compresses for clients and spares the backends (compression offload).",
         cli=True,
-        example='"off"',
+        example='"on"',
     ),
     Setting(
         "max_message_size",
