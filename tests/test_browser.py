@@ -382,7 +382,8 @@ def _ssl_listen(port: int, files: TlsFiles) -> str:
 def test_chromium_through_wsgate_to_node_ws(
     wsgate: GateFactory, node_echo: NodeEcho, page: Page, page_url: str
 ) -> None:
-    gate = wsgate("--backend", node_echo.url)
+    # The story's backend keeps its compression: each leg negotiates its own.
+    gate = wsgate("--backend", node_echo.url, "--backend-deflate", "on")
 
     result = run_echo(page, f"{gate.url}/story?leg=ws", FULL)
 
@@ -426,14 +427,15 @@ def test_chromium_over_wss_trusts_the_throwaway_certificate(
 
     result = run_echo(page, f"wss://localhost:{port}/story?leg=wss", FULL)
 
+    # As shipped: compressed for the browser, not for the backend.
     assert "permessage-deflate" in result["extensions"]
     opened = node_echo.record("open")
-    assert opened["extensions"] == ["permessage-deflate"]
+    assert opened["extensions"] == []
     assert opened["headers"]["x-forwarded-proto"] == "https"
     assert opened["headers"]["x-forwarded-host"] == f"localhost:{port}"
     match = open_line(gate)
     assert match["client"].startswith("permessage-deflate(")
-    assert match["backend"].startswith("permessage-deflate(")
+    assert match["backend"] == "none"
     assert node_echo.record("close")["code"] == 1000
     assert "Traceback" not in gate.log()
 
@@ -462,7 +464,7 @@ def test_chromium_rejects_an_untrusted_certificate(
 
 
 def test_client_deflate_off(wsgate: GateFactory, node_echo: NodeEcho, page: Page) -> None:
-    gate = wsgate("--backend", node_echo.url, "--client-deflate", "off")
+    gate = wsgate("--backend", node_echo.url, "--client-deflate", "off", "--backend-deflate", "on")
 
     result = run_echo(page, f"{gate.url}/mix", COMPRESSIBLE)
 
@@ -484,7 +486,7 @@ def test_default_windows_and_no_context_takeover_with_chromium(
 ) -> None:
     """Chromium honours what wsgate asks of it: 4 KiB windows by default, and
     client_no_context_takeover although its offer did not carry the hint."""
-    gate = wsgate("--backend", node_echo.url)
+    gate = wsgate("--backend", node_echo.url, "--backend-deflate", "on")
     result = run_echo(page, f"{gate.url}/default", COMPRESSIBLE)
     assert "client_max_window_bits=12" in result["extensions"]
     assert "client_no_context_takeover" not in result["extensions"]
@@ -503,8 +505,10 @@ def test_default_windows_and_no_context_takeover_with_chromium(
     assert "Traceback" not in light.log()
 
 
-def test_backend_deflate_off(wsgate: GateFactory, node_echo: NodeEcho, page: Page) -> None:
-    gate = wsgate("--backend", node_echo.url, "--backend-deflate", "off")
+def test_backend_deflate_off_as_shipped(
+    wsgate: GateFactory, node_echo: NodeEcho, page: Page
+) -> None:
+    gate = wsgate("--backend", node_echo.url)
 
     result = run_echo(page, f"{gate.url}/mix", COMPRESSIBLE)
 

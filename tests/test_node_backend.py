@@ -64,7 +64,7 @@ def _feed_through(gate: Wsgate) -> None:
 def test_backend_to_gateway_direction_keeps_its_context(
     wsgate: GateFactory, node_echo: NodeEcho
 ) -> None:
-    gate = wsgate("--backend", node_echo.url)
+    gate = wsgate("--backend", node_echo.url, "--backend-deflate", "on")
     _feed_through(gate)
     closed = node_echo.record("close")
     payload = sum(len(m) for m in FEED)
@@ -73,10 +73,10 @@ def test_backend_to_gateway_direction_keeps_its_context(
     assert closed["wire_written"] < payload / 4
 
 
-def test_gateway_to_backend_direction_keeps_its_context_by_default(
+def test_gateway_to_backend_direction_keeps_its_context_when_on(
     wsgate: GateFactory, node_echo: NodeEcho
 ) -> None:
-    gate = wsgate("--backend", node_echo.url)
+    gate = wsgate("--backend", node_echo.url, "--backend-deflate", "on")
     _feed_through(gate)
     opened = node_echo.record("open")
     closed = node_echo.record("close")
