@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsgate import _daemon
 from wsgate._backend import BackendConnector
 from wsgate._config import (
     AnyBackend,
@@ -155,6 +156,7 @@ class Gateway(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+        _daemon.done()
 
     def stopService(self) -> defer.Deferred[None]:
         if self._previous_hup is not None:
@@ -322,7 +324,7 @@ class _Listener(internet.StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except error.CannotListenError as e:
-            raise SystemExit(f"wsgate: cannot listen on {self.name!r}: {e.socketError}") from None
+            _daemon.fail(f"wsgate: cannot listen on {self.name!r}: {e.socketError}")
 
 
 @implementer(IProtocolNegotiationFactory)

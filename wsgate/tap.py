@@ -206,7 +206,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from wsgate import _daemon
     from wsgate._service import make_service
 
+    _daemon.watch()
     service: Any = make_service(options["config"], reactor)
     return service  # type: ignore[no-any-return]
