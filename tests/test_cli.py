@@ -238,3 +238,31 @@ def test_daemon_that_starts_returns_at_once(tmp_path: Path) -> None:
     while (tmp_path / "twistd.pid").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)  # the daemon is not our child: poll its pid file
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--bogus",), "option --bogus not recognized"),
+        (("--config", "missing.toml"), "missing.toml: cannot read the configuration"),
+        (("--backend", "ftp://x"), "--backend: 'ftp://x' must start with ws:// or wss://"),
+    ],
+)
+def test_twistd_prints_the_error_first_and_alone(args: tuple[str, ...], error: str) -> None:
+    result = subprocess.run([*TWISTD, "wsgate", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    first, hint = result.stderr.splitlines()
+    assert first.startswith(f"twistd wsgate: {error}")
+    assert hint == "see: twistd wsgate --help"
+
+
+def test_version() -> None:
+    from wsgate import __version__
+
+    for command in (
+        [*TWISTD, "wsgate", "--version"],
+        [sys.executable, "-m", "wsgate._cli", "--version"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout) == (0, f"wsgate {__version__}\n"), command
