@@ -266,3 +266,45 @@ def test_version() -> None:
     ):
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stdout) == (0, f"wsgate {__version__}\n"), command
+
+
+def test_check_config_reports_every_mistake_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[listener]]\nendpoint = "tcp:notaport"\nname = "public"\n\n'
+        '[[listener]]\nendpoint = "ssl:8443:privateKey=/nonexistent.pem"\nname = "secure"\n\n'
+        '[[listener]]\nendpoint = "bogus:1"\n\n'
+        '[[route]]\nprefix = "/a"\nbackend = "ws://127.0.0.1:9000"\nbackendd = 1\n\n'
+        '[[route]]\nprefix = "b"\nbackend = "ws://127.0.0.1:9000"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgate._cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    hint = "(expected a Twisted server endpoint such as"
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"{path}: {line}"
+        for line in (
+            "[[route]] #1 (/a): backendd: unknown key (did you mean 'backend'?); valid keys "
+            "here: " + ", ".join(_route_keys()),
+            "[[route]] #2 (b): prefix 'b': does not start with '/'; expected a path such as "
+            "/, /app or /app/",
+            "[[listener]] #1 (public): endpoint 'tcp:notaport': invalid literal for int() "
+            f"with base 10: 'notaport' {hint} tcp:8080, unix:/run/wsgate.sock or "
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem)",
+            "[[listener]] #2 (secure): endpoint 'ssl:8443:privateKey=/nonexistent.pem': "
+            "[Errno 2] No such file or directory: '/nonexistent.pem'",
+            f"[[listener]] #3: endpoint 'bogus:1': Unknown endpoint type: 'bogus' {hint} "
+            "tcp:8080, unix:/run/wsgate.sock or ssl:8443:privateKey=key.pem:certKey=cert.pem)",
+        )
+    )
+
+
+def _route_keys() -> list[str]:
+    from wsgate._config import SETTINGS
+    from wsgate._configfile import _ROUTE_KEYS
+
+    return [*_ROUTE_KEYS, *(s.key for s in SETTINGS)]
