@@ -109,12 +109,15 @@ def test_busy_port_refuses_the_reload_whole(
 ) -> None:
     gateway, reactor, path = started
     front = reactor.bound[1001]
+    (running,) = gateway._open.values()
+    routes, pools = running.factory.routes, dict(gateway._pools)
     reactor.busy.add(1003)
     path.write_text(_config(1001, 1002, 1003, prefix="/b"))
     assert _result(gateway.reload()) is False
     # 1002 opened, then closed again when 1003 could not: nothing changed.
     assert set(reactor.bound) == {1001} and reactor.bound[1001] is front
     assert _prefixes(gateway) == ["/a"]
+    assert running.factory.routes is routes and gateway._pools == pools
     assert [s.name for s in gateway] == ["tcp:1001"]
     (line,) = [x for x in log.lines if "reload" in x]
     assert line == (
