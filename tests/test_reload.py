@@ -196,6 +196,9 @@ def test_sighup_with_a_busy_port_end_to_end(wsgate: Any, tmp_path: Path) -> None
     path.write_text(first + route)
     gate.reload()
     _wait_log(gate, "applied: 1 listener(s)")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", busy), timeout=5).close()
+    wait_for_port(listen)
     log = gate.log()
     assert "Address already in use" in log
     assert "Traceback" not in log and "Unhandled" not in log
