@@ -166,3 +166,146 @@ def test_backend_ca_file_is_read(tls_files: TlsFiles) -> None:
         "config"
     ]
     assert config.routes[0].settings.backend_ca == str(tls_files.ca_cert)
+
+
+def _daemon(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``twistd`` without ``-n``: it forks a daemon and waits for it to start."""
+    run = "from twisted.scripts.twistd import run; run()"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            run,
+            f"--pidfile={tmp_path / 'twistd.pid'}",
+            f"--logfile={tmp_path / 'twistd.log'}",
+            "wsgate",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=5,  # it used to wait forever
+    )
+
+
+def test_daemon_on_a_busy_port_exits_at_once_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _daemon(
+            tmp_path,
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--backend",
+            "ws://127.0.0.1:1",
+        )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"wsgate: cannot listen on 'tcp:{port}:interface=127.0.0.1': "
+        "[Errno 98] Address already in use\n"
+    )
+    assert not (tmp_path / "twistd.pid").exists()
+    log = (tmp_path / "twistd.log").read_text()
+    assert "Address already in use" in log and "Traceback" not in log
+
+
+def test_daemon_with_a_bad_file_exits_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "wsgate.toml"
+    path.write_text('[[listener]]\nendpoint = "tcp:1"\n[[route]]\nbackend = "ftp://x"\n')
+    result = _daemon(tmp_path, "--config", str(path))
+    assert result.returncode != 0
+    assert "must start with ws:// or wss://" in result.stdout + result.stderr
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_daemon_that_starts_returns_at_once(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    port = free_port()
+    result = _daemon(
+        tmp_path, "--listen", f"tcp:{port}:interface=127.0.0.1", "--backend", "ws://127.0.0.1:1"
+    )
+    pid = int((tmp_path / "twistd.pid").read_text())
+    try:
+        assert result.returncode == 0 and result.stderr == ""
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (tmp_path / "twistd.pid").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # the daemon is not our child: poll its pid file
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--bogus",), "option --bogus not recognized"),
+        (("--config", "missing.toml"), "missing.toml: cannot read the configuration"),
+        (("--backend", "ftp://x"), "--backend: 'ftp://x' must start with ws:// or wss://"),
+    ],
+)
+def test_twistd_prints_the_error_first_and_alone(args: tuple[str, ...], error: str) -> None:
+    result = subprocess.run([*TWISTD, "wsgate", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    first, hint = result.stderr.splitlines()
+    assert first.startswith(f"twistd wsgate: {error}")
+    assert hint == "see: twistd wsgate --help"
+
+
+def test_version() -> None:
+    from wsgate import __version__
+
+    for command in (
+        [*TWISTD, "wsgate", "--version"],
+        [sys.executable, "-m", "wsgate._cli", "--version"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout) == (0, f"wsgate {__version__}\n"), command
+
+
+def test_check_config_reports_every_mistake_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[listener]]\nendpoint = "tcp:notaport"\nname = "public"\n\n'
+        '[[listener]]\nendpoint = "ssl:8443:privateKey=/nonexistent.pem"\nname = "secure"\n\n'
+        '[[listener]]\nendpoint = "bogus:1"\n\n'
+        '[[route]]\nprefix = "/a"\nbackend = "ws://127.0.0.1:9000"\nbackendd = 1\n\n'
+        '[[route]]\nprefix = "b"\nbackend = "ws://127.0.0.1:9000"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgate._cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    hint = "(expected a Twisted server endpoint such as"
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"{path}: {line}"
+        for line in (
+            "[[route]] #1 (/a): backendd: unknown key (did you mean 'backend'?); valid keys "
+            "here: " + ", ".join(_route_keys()),
+            "[[route]] #2 (b): prefix 'b': does not start with '/'; expected a path such as "
+            "/, /app or /app/",
+            "[[listener]] #1 (public): endpoint 'tcp:notaport': invalid literal for int() "
+            f"with base 10: 'notaport' {hint} tcp:8080, unix:/run/wsgate.sock or "
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem)",
+            "[[listener]] #2 (secure): endpoint 'ssl:8443:privateKey=/nonexistent.pem': "
+            "[Errno 2] No such file or directory: '/nonexistent.pem'",
+            f"[[listener]] #3: endpoint 'bogus:1': Unknown endpoint type: 'bogus' {hint} "
+            "tcp:8080, unix:/run/wsgate.sock or ssl:8443:privateKey=key.pem:certKey=cert.pem)",
+        )
+    )
+
+
+def _route_keys() -> list[str]:
+    from wsgate._config import SETTINGS
+    from wsgate._configfile import _ROUTE_KEYS
+
+    return [*_ROUTE_KEYS, *(s.key for s in SETTINGS)]

@@ -488,3 +488,44 @@ backend_deflate = "off"
 
     asyncio.run(main())
     assert "Traceback" not in gate.log()
+
+
+def test_log_has_one_open_and_one_close_line_per_connection(
+    wsgate: GateFactory, tmp_path: Path
+) -> None:
+    """No per-connection noise: no "dropping connection" warning on a health probe
+    or plain GET, no "Starting factory" for each backend connection."""
+    n = 5
+    b, listen = free_port(), free_port()
+    gate, _ = _start(
+        wsgate,
+        tmp_path,
+        f"""
+[[listener]]
+endpoint = "tcp:{listen}:interface=127.0.0.1"
+health = "/healthz"
+
+[[route]]
+prefix = "/app"
+backend = "ws://127.0.0.1:{b}"
+""",
+        listen,
+    )
+    before = gate.log().splitlines()
+
+    async def main() -> None:
+        async with backend(b, _hello):
+            for _ in range(n):
+                assert _http(listen, "/healthz")[0] == 200
+                assert _http(listen, "/app")[0] == 426
+                assert _http(listen, "/nowhere")[0] == 404
+                assert (await _where(f"ws://127.0.0.1:{listen}/app"))[0] == b
+            await _log_has(gate, "[wsgate#info] close ", count=n)
+
+    asyncio.run(main())
+    lines = gate.log().splitlines()[len(before) :]
+    assert sum("[wsgate#info] open " in x for x in lines) == n
+    assert sum("[wsgate#info] close " in x for x in lines) == n
+    # One line per plain HTTP answer at most: none for health, Autobahn's for 426 and 404.
+    assert sum("failing WebSocket opening handshake" in x for x in lines) == 2 * n
+    assert len(lines) == 4 * n, "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from wsgate import __version__
 from wsgate._config import ConfigError
 
 
@@ -12,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wsgate", description="Tools for wsgate; run the gateway with `twistd wsgate`."
     )
+    parser.add_argument("--version", action="version", version=f"wsgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check-config", help="check a TOML configuration file: exit 0, or print the mistakes"

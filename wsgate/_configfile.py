@@ -184,6 +184,17 @@ class _FileReader:
         )
         if not self.errors:
             self.errors.extend(check(config, self._path))
+        else:
+            # Each listener's and route's own checks too (an endpoint that does
+            # not parse, a missing certificate), so one run shows every mistake;
+            # those between them wait for a file whose parts are all valid.
+            for i, listener in enumerate(listeners):
+                if listener is not None:
+                    self.errors.extend(
+                        _check_listener(listener, _listener_where(self._path, i, listener))
+                    )
+            for route in config.routes:
+                self.errors.extend(_check_route(route, f"{self._path}: [[route]] {route.name}"))
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         return config
@@ -206,7 +217,8 @@ class _FileReader:
         return value
 
     def _listener(self, index: int, raw: Mapping[str, Any]) -> Listener | None:
-        table = f"[[listener]] #{index + 1}"
+        name = raw.get("name")
+        table = f"[[listener]] #{index + 1}" + (f" ({name})" if isinstance(name, str) else "")
         before = len(self.errors)
         self._check_keys(table, raw, _LISTENER_KEYS)
         endpoint = self._string(table, raw, "endpoint")
@@ -353,7 +365,7 @@ def check(config: Config, source: str) -> list[str]:
     endpoints: set[str] = set()
     for i, listener in enumerate(config.listeners):
         where = (
-            f"{source}: [[listener]] #{i + 1}"
+            _listener_where(source, i, listener)
             if config.source
             else f"--listen {listener.endpoint!r}"
         )
@@ -369,17 +381,7 @@ def check(config: Config, source: str) -> list[str]:
         errors.extend(_check_listener(listener, where))
     for route in config.routes:
         where = f"{source}: [[route]] {route.name}" if config.source else _cli_route(route)
-        problem = _routing.check_prefix(route.prefix)
-        if problem:
-            errors.append(f"{where}: prefix {route.prefix!r}: {problem}")
-        if route.rewrite is not None and _routing.check_prefix(route.rewrite or "/"):
-            errors.append(
-                f"{where}: rewrite {route.rewrite!r}: {_routing.check_prefix(route.rewrite or '/')}"
-            )
-        for host in route.hosts:
-            problem = _routing.check_host_pattern(host)
-            if problem:
-                errors.append(f"{where}: hosts: {host!r}: {problem}")
+        errors.extend(_check_route(route, where))
         for name in route.listeners or ():
             if name not in names:
                 errors.append(
@@ -418,6 +420,28 @@ def check(config: Config, source: str) -> list[str]:
 
 def _cli_route(route: Route) -> str:
     return route.name
+
+
+def _listener_where(source: str, index: int, listener: Listener) -> str:
+    """A listener as the file shows it: its number, and its name if it has one."""
+    named = f" ({listener.name})" if listener.name != listener.endpoint else ""
+    return f"{source}: [[listener]] #{index + 1}{named}"
+
+
+def _check_route(route: Route, where: str) -> list[str]:
+    errors = []
+    problem = _routing.check_prefix(route.prefix)
+    if problem:
+        errors.append(f"{where}: prefix {route.prefix!r}: {problem}")
+    if route.rewrite is not None and _routing.check_prefix(route.rewrite or "/"):
+        errors.append(
+            f"{where}: rewrite {route.rewrite!r}: {_routing.check_prefix(route.rewrite or '/')}"
+        )
+    for host in route.hosts:
+        problem = _routing.check_host_pattern(host)
+        if problem:
+            errors.append(f"{where}: hosts: {host!r}: {problem}")
+    return errors
 
 
 def _check_listener(listener: Listener, where: str) -> list[str]:
@@ -470,7 +494,9 @@ def check_endpoint(description: str) -> str | None:
 
     try:
         endpoints.serverFromString(MemoryReactor(), description)
-    except Exception as e:  # endpoint parsers raise ValueError, KeyError, OSError, SSL errors
+    except OSError as e:  # a file the endpoint names (a key, a certificate)
+        return str(e)
+    except Exception as e:  # endpoint parsers raise ValueError, KeyError, SSL errors
         return (
             f"{e or type(e).__name__} (expected a Twisted server endpoint such as tcp:8080, "
             "unix:/run/wsgate.sock or ssl:8443:privateKey=key.pem:certKey=cert.pem)"

@@ -257,7 +257,16 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         ]
         lines.extend(f"{name}: {value}" for name, value in headers or ())
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
+        self.wasClean = True  # see failHandshake
         self.dropConnection(abort=False)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """An HTTP answer ends the connection as meant: one log line (Autobahn's
+        "failing WebSocket opening handshake"), not also the "dropping connection
+        ... with abort=False" warning, which stays for connections that end
+        without a closing handshake by accident (a handshake timeout, say)."""
+        self.wasClean = True
+        super().failHandshake(reason, code, responseHeaders)
 
     # -- the WebSocket request: open the backend first ----------------------------
 

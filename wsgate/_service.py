@@ -2,8 +2,9 @@
 
 A reload builds the new routes next to the old ones and swaps them in one
 assignment per listener, so a connection sees either the old configuration
-or the new one; open connections keep the legs they have. Listeners whose
-endpoint is gone stop listening (their connections go on); new ones open.
+or the new one; open connections keep the legs they have. New listeners open
+first, and if one cannot, the reload is refused whole; otherwise listeners
+whose endpoint is gone stop listening (their connections go on).
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, error
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet import defer, endpoints, error, protocol
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocolNegotiationFactory,
+)
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsgate import _daemon
 from wsgate._backend import BackendConnector
 from wsgate._config import (
     AnyBackend,
@@ -48,10 +54,12 @@ def _route_key(route: Route) -> tuple[Any, ...]:
 
 @dataclass(slots=True)
 class _Open:
-    """A listener that is serving: its twistd service and its factory."""
+    """A listener that is serving: the twistd service that holds its socket,
+    the factory its socket hands connections to, and its frontend."""
 
     listener: Listener
-    service: _Listener
+    service: service.Service
+    door: _Door
     factory: FrontendFactory
     sni: _SwappableCreator | None
 
@@ -70,6 +78,7 @@ class Gateway(service.MultiService):
         self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
         self._open: dict[str, _Open] = {}
         self._previous_hup: Any = None
+        self._reloading = defer.DeferredLock()
         built, self._pools = self._build(config)
         for listener, routes in built.items():
             self._add(listener, routes)
@@ -113,19 +122,31 @@ class Gateway(service.MultiService):
             result[listener] = ListenerRoutes(listener, Router(routes), routes)
         return result, pools
 
-    def _add(self, listener: Listener, routes: ListenerRoutes) -> _Open:
+    def _front(
+        self, listener: Listener, routes: ListenerRoutes, certificates: Any
+    ) -> tuple[FrontendFactory, _SwappableCreator | None, Any]:
+        """The frontend of a listener, and the factory its socket should use."""
         factory = FrontendFactory(routes, self._reactor)
-        sni = None
-        wrapped: Any = factory
-        if listener.certificates:
-            from wsgate._sni import load_sni_creator, tls_factory
+        if not listener.certificates:
+            return factory, None, factory
+        from wsgate._sni import tls_factory
 
-            sni = _SwappableCreator(load_sni_creator(listener.certificates))
-            wrapped = tls_factory(sni, factory, self._reactor)  # type: ignore[arg-type]
+        sni = _SwappableCreator(certificates)
+        return factory, sni, tls_factory(sni, factory, self._reactor)  # type: ignore[arg-type]
+
+    def _add(self, listener: Listener, routes: ListenerRoutes) -> _Open:
+        """A listener of the starting configuration: twistd opens it (or exits)."""
+        certificates = None
+        if listener.certificates:
+            from wsgate._sni import load_sni_creator
+
+            certificates = load_sni_creator(listener.certificates)
+        factory, sni, wrapped = self._front(listener, routes, certificates)
+        door = _Door(wrapped)
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
-        listening = _Listener(endpoint, wrapped)
+        listening = _Listener(endpoint, door)
         listening.setName(listener.endpoint)
-        opened = _Open(listener, listening, factory, sni)
+        opened = _Open(listener, listening, door, factory, sni)
         self._open[listener.endpoint] = opened
         listening.setServiceParent(self)
         return opened
@@ -135,6 +156,7 @@ class Gateway(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
+        _daemon.done()
 
     def stopService(self) -> defer.Deferred[None]:
         if self._previous_hup is not None:
@@ -146,7 +168,13 @@ class Gateway(service.MultiService):
         self._reactor.callFromThread(self.reload)
 
     def reload(self) -> defer.Deferred[bool]:
-        """Re-read the configuration file; on any mistake keep the running one."""
+        """Re-read the configuration file; on any mistake keep the running one.
+
+        One reload at a time: a SIGHUP during a reload waits for it.
+        """
+        return self._reloading.run(self._reload)
+
+    def _reload(self) -> defer.Deferred[bool]:
         source = self.config.source
         if source is None:
             _log.warn("reload: nothing to re-read (started without --config)")
@@ -175,43 +203,88 @@ class Gateway(service.MultiService):
         pools: dict[tuple[Any, ...], BackendPool[AnyBackend]],
         certificates: dict[str, Any],
     ) -> bool:
+        """Open every new listener first; only if all open, swap everything in.
+
+        A listener that cannot open refuses the reload as a whole (as nginx and
+        HAProxy do): the ones just opened close again and nothing else changes,
+        so the next SIGHUP starts from the same state.
+        """
+        fresh = [listener for listener in built if listener.endpoint not in self._open]
+        attempts: list[defer.Deferred[_Open]] = [
+            defer.ensureDeferred(
+                self._listen(listener, built[listener], certificates[listener.endpoint])
+            )
+            for listener in fresh
+        ]
+        results: list[tuple[bool, Any]] = await defer.DeferredList(attempts, consumeErrors=True)
+        failed = [
+            f"cannot listen on {listener.endpoint!r}: {_why(result)}"
+            for listener, (ok, result) in zip(fresh, results, strict=True)
+            if not ok
+        ]
+        if failed:
+            await defer.gatherResults(
+                [defer.maybeDeferred(result.service.stopService) for ok, result in results if ok]
+            )
+            _log.error(
+                "reload: {source} refused, the running configuration stays: {why}",
+                source=config.source,
+                why="; ".join(failed),
+            )
+            return False
         wanted = {listener.endpoint: listener for listener in config.listeners}
         closing = []
         for endpoint, opened in list(self._open.items()):
-            listener = wanted.get(endpoint)
-            if listener is None or bool(listener.certificates) != bool(
-                opened.listener.certificates
-            ):
+            if endpoint not in wanted:
                 del self._open[endpoint]
                 closing.append(defer.maybeDeferred(opened.service.disownServiceParent))
         self._pools = pools
         self.config = config
         for listener, routes in built.items():
-            opened_now = self._open.get(listener.endpoint)
-            if opened_now is not None:
-                opened_now.factory.routes = routes
-                opened_now.listener = listener
-                if opened_now.sni is not None:
-                    opened_now.sni.current = certificates[listener.endpoint]
+            running = self._open.get(listener.endpoint)
+            if running is None:
+                continue
+            if bool(listener.certificates) != bool(running.listener.certificates):
+                # TLS on or off: a new frontend behind the same socket.
+                running.factory, running.sni, wrapped = self._front(
+                    listener, routes, certificates[listener.endpoint]
+                )
+                running.door.swap(wrapped)
+            else:
+                running.factory.routes = routes
+                if running.sni is not None:
+                    running.sni.current = certificates[listener.endpoint]
+            running.listener = listener
+        for ok, opened in results:
+            assert ok
+            opened.service.setName(opened.listener.endpoint)
+            opened.service.setServiceParent(self)
+            self._open[opened.listener.endpoint] = opened
         if closing:
             await defer.gatherResults(closing)
-        ok = True
-        for listener, routes in built.items():
-            if listener.endpoint in self._open:
-                continue
-            try:
-                self._add(listener, routes)
-            except SystemExit as e:
-                ok = False
-                _log.error("reload: {error}", error=str(e))
-                self._open.pop(listener.endpoint, None)
         _log.info(
             "reload: {source} applied: {listeners} listener(s), {routes} route(s)",
             source=config.source,
             listeners=len(self._open),
             routes=len(config.routes),
         )
-        return ok
+        return True
+
+    async def _listen(self, listener: Listener, routes: ListenerRoutes, certificates: Any) -> _Open:
+        """Open a listener of a reload, not yet part of the service."""
+        factory, sni, wrapped = self._front(listener, routes, certificates)
+        door = _Door(wrapped)
+        endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        port = await endpoint.listen(door)
+        return _Open(listener, _Bound(port), door, factory, sni)
+
+
+def _why(failure: Failure) -> str:
+    """A listen failure in a few words: the socket error, not the traceback."""
+    value: Any = failure.value
+    if isinstance(value, error.CannotListenError):
+        return str(value.socketError)
+    return failure.getErrorMessage() or type(value).__name__
 
 
 def _connector(reactor: Any, settings: RouteSettings, backend: AnyBackend) -> Any:
@@ -251,4 +324,51 @@ class _Listener(internet.StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except error.CannotListenError as e:
-            raise SystemExit(f"wsgate: cannot listen on {self.name!r}: {e.socketError}") from None
+            _daemon.fail(f"wsgate: cannot listen on {self.name!r}: {e.socketError}")
+
+
+@implementer(IProtocolNegotiationFactory)
+class _Door(protocol.Factory):
+    """What a listening socket hands its connections to: the listener's current
+    frontend, which a reload may replace (TLS turned on or off) without closing
+    the socket."""
+
+    noisy = False
+
+    def __init__(self, current: Any) -> None:
+        self._current = current
+
+    def swap(self, current: Any) -> None:
+        current.doStart()
+        self._current, previous = current, self._current
+        previous.doStop()
+
+    def startFactory(self) -> None:
+        self._current.doStart()
+
+    def stopFactory(self) -> None:
+        self._current.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._current.buildProtocol(addr)
+
+    def logPrefix(self) -> str:
+        prefix: str = self._current.logPrefix()
+        return prefix
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN for ``ssl:`` endpoints, which wrap this factory in their own TLS."""
+        if IProtocolNegotiationFactory.providedBy(self._current):
+            return list(self._current.acceptableProtocols())
+        return [b"http/1.1"]
+
+
+class _Bound(service.Service):
+    """A listener a reload opened: its socket is already listening."""
+
+    def __init__(self, port: Any) -> None:
+        self._port = port
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        return defer.maybeDeferred(self._port.stopListening)

@@ -88,6 +88,25 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_version(self) -> None:
+        """Print wsgate's version and exit."""
+        from wsgate import __version__
+
+        print(f"wsgate {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd, a mistake is printed alone with one hint, and twistd exits 1.
+
+        (twistd itself prints its 60 lines of usage first and the error last.)
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(f"twistd wsgate: {e}\nsee: twistd wsgate --help") from None
+
     def opt_route(self, spec: str) -> None:
         self["route"].append(spec)
 
@@ -206,7 +225,9 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from wsgate import _daemon
     from wsgate._service import make_service
 
+    _daemon.watch()
     service: Any = make_service(options["config"], reactor)
     return service  # type: ignore[no-any-return]
