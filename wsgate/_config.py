@@ -543,6 +543,7 @@ class Listener:
     name: str
     certificates: tuple[CertificateFile, ...] = ()
     health: str | None = None
+    health_fail_when_degraded: bool = False  # 503, not 200, when a route has no usable backend
     redirect: str | None = None
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve

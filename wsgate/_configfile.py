@@ -29,7 +29,16 @@ from wsgate._config import (
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
-_LISTENER_KEYS = ("endpoint", "name", "certificates", "health", "redirect", "web", "web_index")
+_LISTENER_KEYS = (
+    "endpoint",
+    "name",
+    "certificates",
+    "health",
+    "health_fail_when_degraded",
+    "redirect",
+    "web",
+    "web_index",
+)
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
     "prefix",
@@ -59,7 +68,19 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "cert file). The first is the default. Use with a plain endpoint (tcp:, unix:, "
         "systemd:, haproxy:), not ssl:.",
     ),
-    ("health", "(none)", 'A path answered with 200 and a small JSON status, e.g. ``"/healthz"``.'),
+    (
+        "health",
+        "(none)",
+        'A path answered with a JSON status, e.g. ``"/healthz"``: each route\'s backends '
+        'with their state; ``"status": "degraded"`` when some route has no backend that '
+        "is not resting after failures.",
+    ),
+    (
+        "health_fail_when_degraded",
+        "false",
+        "Answer the health path with 503 instead of 200 while degraded (for load "
+        "balancers that take a listener out of rotation on a non-2xx answer).",
+    ),
     (
         "redirect",
         "(none)",
@@ -205,6 +226,15 @@ class _FileReader:
             return None
         return value
 
+    def _flag(self, table: str, raw: Mapping[str, Any], key: str) -> bool:
+        if key not in raw:
+            return False
+        try:
+            return parse_bool(raw[key], self._at(table, key))
+        except ConfigError as e:
+            self.errors.append(str(e))
+            return False
+
     def _listener(self, index: int, raw: Mapping[str, Any]) -> Listener | None:
         table = f"[[listener]] #{index + 1}"
         before = len(self.errors)
@@ -240,6 +270,7 @@ class _FileReader:
         if web is not None:
             web = self._relative(web)
         web_index = self._string(table, raw, "web_index")
+        fail_when_degraded = self._flag(table, raw, "health_fail_when_degraded")
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -247,6 +278,7 @@ class _FileReader:
             name=name,
             certificates=tuple(certificates),
             health=health,
+            health_fail_when_degraded=fail_when_degraded,
             redirect=redirect,
             web=web,
             web_index=web_index,
@@ -444,6 +476,8 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         )
     if listener.web is not None and not os.path.isdir(listener.web):
         errors.append(f"{where}: web: {listener.web!r} is not a directory")
+    if listener.health_fail_when_degraded and listener.health is None:
+        errors.append(f'{where}: health_fail_when_degraded needs health = PATH, e.g. "/healthz"')
     if listener.web_index is not None:
         if listener.web is None:
             errors.append(f"{where}: web_index needs web = DIRECTORY")

@@ -122,15 +122,27 @@ class LiveRoute:
         found = self.connectors.get(backend)
         return found if found is not None else self._make_connector(backend)
 
+    def usable(self) -> bool:
+        """Whether a client of this route would be tried on a backend that is
+        not resting. A token route always is: its targets are not pooled."""
+        return self.pool is None or self.pool.usable()
+
     def status(self) -> dict[str, object]:
+        name = route_label(self.hosts, self.prefix)
         if self.tokens is not None:
             return {
-                "route": self.route.name,
+                "route": name,
                 "token_file": self.route.token_file,
                 "tokens": self.tokens.tokens_count(),
             }
         assert self.pool is not None
-        return {"route": self.route.name, "backends": self.pool.status()}
+        return {"route": name, "usable": self.pool.usable(), "backends": self.pool.status()}
+
+
+def route_label(hosts: Sequence[str], prefix: str) -> str:
+    """A route as people write it: ``app.example.com/app``, ``a.com,b.com/``,
+    ``*/`` for any host. Unique on a listener, unlike the config's ``#1 (/)``."""
+    return (",".join(hosts) or "*") + prefix
 
 
 def _token(prefix: str, path: str, query: str) -> str | None:
@@ -150,13 +162,18 @@ class ListenerRoutes:
     router: Router[LiveRoute]
     routes: tuple[LiveRoute, ...]
 
-    def health(self) -> bytes:
+    def health(self) -> tuple[int, bytes]:
+        """The health path's answer: ``degraded`` while some route has no usable
+        backend (every one resting after failures), with 503 rather than 200
+        if the listener asks for it."""
+        degraded = not all(live.usable() for live in self.routes)
         status = {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
             "listener": self.listener.name,
             "routes": [live.status() for live in self.routes],
         }
-        return json.dumps(status, indent=1).encode("utf-8") + b"\n"
+        code = 503 if degraded and self.listener.health_fail_when_degraded else 200
+        return code, json.dumps(status, indent=1).encode("utf-8") + b"\n"
 
 
 class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
@@ -196,7 +213,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         listener = routes.listener
         host = normalize_host(headers.get("host"))
         if listener.health is not None and parts.path == listener.health:
-            return self._respond(200, routes.health(), "application/json")
+            return self._respond(*routes.health(), "application/json")
         if listener.redirect is not None:
             return self._redirect(listener.redirect, host, parts)
         if listener.web is not None and not _web.is_upgrade(headers):
