@@ -57,6 +57,9 @@ _REASONS = {
 _MAX_REQUEST_HEAD = 64 * 1024
 #: Seconds a client has to send its request head, before it is routed.
 _REQUEST_TIMEOUT = 30.0
+#: Retry-After of a 503 for a local shortage (out of file descriptors): soon
+#: enough for a browser's reconnect, long enough for connections to close.
+_RETRY_AFTER = 2
 
 
 class Connector(Protocol):
@@ -188,6 +191,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _chosen: AnyBackend | None = None
     _routed: bool = False
     _counted: bool = False  # in its backend's active count
+    _retry_after: int | None = None  # seconds, on a 503 for a local shortage
 
     # -- routing, before Autobahn looks at the request --------------------------
 
@@ -383,6 +387,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             raise ConnectionDeny(499, "client went away")
         exc = failure.value
         if isinstance(exc, BackendError):
+            if exc.local:
+                self._retry_after = _RETRY_AFTER
             _log.warn(
                 "{peer} {path}: backend {backend} not opened: {status} {reason}",
                 peer=self.peer,
@@ -445,6 +451,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         ]
         if code == 426:
             lines.append("Upgrade: websocket")
+        if code == 503 and self._retry_after is not None:
+            lines.append(f"Retry-After: {self._retry_after}")
         for name, value in responseHeaders or ():
             lines.append(f"{name}: {value}")
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)

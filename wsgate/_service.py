@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsgate import _limits
 from wsgate._backend import BackendConnector
 from wsgate._config import (
     AnyBackend,
@@ -133,6 +134,7 @@ class Gateway(service.MultiService):
     # -- reloading --------------------------------------------------------------
 
     def startService(self) -> None:
+        _limits.raise_nofile_limit()
         super().startService()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
 
@@ -252,3 +254,4 @@ class _Listener(internet.StreamServerEndpointService):
             super().privilegedStartService()
         except error.CannotListenError as e:
             raise SystemExit(f"wsgate: cannot listen on {self.name!r}: {e.socketError}") from None
+        self._waitingForPort.addCallback(_limits.throttle_accept_log)
