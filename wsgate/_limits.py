@@ -12,8 +12,9 @@ line that matters.
 from __future__ import annotations
 
 import resource
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet import defer
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from zope.interface import implementer
 
@@ -90,9 +91,21 @@ def throttle_accept_log(port: Any) -> Any:
         port._logger = Logger(
             namespace=logger.namespace,
             source=port,
-            observer=ThrottledObserver(globalLogPublisher),
+            observer=cast(ILogObserver, ThrottledObserver(globalLogPublisher)),
         )
     return port
 
 
-__all__ = ["ThrottledObserver", "raise_nofile_limit", "throttle_accept_log"]
+def throttle_when_listening(listening: defer.Deferred[Any] | None) -> None:
+    """:func:`throttle_accept_log` on the port ``listening`` fires with (a
+    ``StreamServerEndpointService``'s ``_waitingForPort``)."""
+    if listening is not None:
+        listening.addCallback(throttle_accept_log)
+
+
+__all__ = [
+    "ThrottledObserver",
+    "raise_nofile_limit",
+    "throttle_accept_log",
+    "throttle_when_listening",
+]

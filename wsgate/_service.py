@@ -254,4 +254,4 @@ class _Listener(internet.StreamServerEndpointService):
             super().privilegedStartService()
         except error.CannotListenError as e:
             raise SystemExit(f"wsgate: cannot listen on {self.name!r}: {e.socketError}") from None
-        self._waitingForPort.addCallback(_limits.throttle_accept_log)
+        _limits.throttle_when_listening(self._waitingForPort)
