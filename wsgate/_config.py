@@ -547,6 +547,7 @@ class Listener:
     redirect: str | None = None
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve
+    web_follow_symlinks: bool = False  # serve files whose real path is outside ``web``
 
 
 @dataclass(frozen=True, slots=True)

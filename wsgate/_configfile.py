@@ -38,6 +38,7 @@ _LISTENER_KEYS = (
     "redirect",
     "web",
     "web_index",
+    "web_follow_symlinks",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
@@ -94,6 +95,12 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "listener, e.g. noVNC's files; no directory listings, nothing outside it.",
     ),
     ("web_index", '"index.html"', 'The file a directory request serves, e.g. ``"vnc.html"``.'),
+    (
+        "web_follow_symlinks",
+        "false",
+        "Serve files through symbolic links that lead outside ``web``; by default "
+        "such files are answered with 404.",
+    ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
     (
@@ -271,6 +278,7 @@ class _FileReader:
             web = self._relative(web)
         web_index = self._string(table, raw, "web_index")
         fail_when_degraded = self._flag(table, raw, "health_fail_when_degraded")
+        follow_symlinks = self._flag(table, raw, "web_follow_symlinks")
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -282,6 +290,7 @@ class _FileReader:
             redirect=redirect,
             web=web,
             web_index=web_index,
+            web_follow_symlinks=follow_symlinks,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -476,6 +485,8 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         )
     if listener.web is not None and not os.path.isdir(listener.web):
         errors.append(f"{where}: web: {listener.web!r} is not a directory")
+    if listener.web_follow_symlinks and listener.web is None:
+        errors.append(f"{where}: web_follow_symlinks needs web = DIRECTORY")
     if listener.health_fail_when_degraded and listener.health is None:
         errors.append(f'{where}: health_fail_when_degraded needs health = PATH, e.g. "/healthz"')
     if listener.web_index is not None:

@@ -503,7 +503,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         #: Replaced whole by a reload; each connection reads it once, when routed.
         self.routes = routes
         self.clock = reactor
-        self._site: tuple[tuple[str | None, str | None], Any] | None = None
+        self._site: tuple[tuple[Any, ...], Any] | None = None
         defaults = RouteSettings()
         # Per-route values (size limit, close timeout, deflate) are set on
         # each connection once it is routed.
@@ -522,13 +522,27 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         )
         self.server = None
 
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a client has to send a request head: the WebSocket upgrade's
+        and each plain HTTP request's on a ``web`` listener."""
+        return _REQUEST_TIMEOUT
+
     def web_site(self) -> Any:
         """The static site of the listener's ``web`` directory (rebuilt on reloads)."""
         listener = self.routes.listener
-        key = (listener.web, listener.web_index)
+        key = (listener.web, listener.web_index, listener.web_follow_symlinks, self.request_timeout)
         if self._site is None or self._site[0] != key:
             assert listener.web is not None
-            self._site = (key, _web.make_site(listener.web, listener.web_index, self))
+            site = _web.make_site(
+                listener.web,
+                listener.web_index,
+                self,
+                follow_symlinks=listener.web_follow_symlinks,
+                request_timeout=self.request_timeout,
+                reactor=self.clock,
+            )
+            self._site = (key, site)
         return self._site[1]
 
     def acceptableProtocols(self) -> list[bytes]:
