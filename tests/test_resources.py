@@ -139,7 +139,8 @@ def _http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.slow
-def test_out_of_descriptors_is_503_and_the_backend_stays_healthy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hard", [256, 257])  # either parity of descriptors left over
+def test_out_of_descriptors_is_503_and_the_backend_stays_healthy(tmp_path: Path, hard: int) -> None:
     be, listen = free_port(), free_port()
     config = tmp_path / "wsgate.toml"
     config.write_text(
@@ -156,6 +157,7 @@ fail_timeout = 30
 """
     )
     gate = _LimitedWsgate("--config", str(config), log_path=tmp_path / "wsgate.log")
+    gate.limits = (128, hard)
     gate.port = listen
     url = f"ws://127.0.0.1:{listen}/"
     held: list[object] = []
@@ -180,15 +182,20 @@ fail_timeout = 30
         for _ in range(300):  # the hard limit is 256: two descriptors per connection
             try:
                 held.append(await client(url, compression=None))
-            except (InvalidMessage, InvalidStatus):
-                break  # accept() failed: Twisted closed the connection
+            except InvalidStatus as e:
+                # One descriptor was left: the client's; its backend connect ran out.
+                assert e.response.status_code == 503, e.response
+                break
+            except InvalidMessage:
+                # None was left: accept() failed and Twisted closed the connection.
+                # Each relayed connection takes two descriptors: leave one free,
+                # so the next client is accepted and its backend connect runs out.
+                await held.pop().close()  # type: ignore[attr-defined]
+                await asyncio.sleep(0.3)
+                raw.append(socket.create_connection(("127.0.0.1", listen), timeout=TIMEOUT))
+                break
         else:
             raise AssertionError("never ran out of descriptors")
-        # Each relayed connection takes two descriptors: leave one free, so the
-        # next client is accepted and its backend connect runs out.
-        await held.pop().close()  # type: ignore[attr-defined]
-        await asyncio.sleep(0.3)
-        raw.append(socket.create_connection(("127.0.0.1", listen), timeout=TIMEOUT))
         await asyncio.sleep(0.3)
         for _ in range(3):
             with pytest.raises(InvalidStatus) as refused:
@@ -225,7 +232,7 @@ fail_timeout = 30
     finally:
         gate.stop()
     log = gate.log()
-    assert "file descriptors: soft limit raised from 128 to 256" in log
+    assert f"file descriptors: soft limit raised from 128 to {hard} (the hard limit)" in log
     assert "out of local resources (EMFILE)" in log
     assert "Traceback" not in log
 
