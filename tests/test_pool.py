@@ -154,7 +154,13 @@ def test_success_ends_rest() -> None:
     p.failed("a")
     assert p.candidates() == ["b", "a"]
     p.succeeded("a")  # tried anyway (all resting, say) and it answered
-    assert p.status()[0] == {"backend": "a", "active": 0, "fails": 0, "resting_for": 0.0}
+    assert p.status()[0] == {
+        "backend": "a",
+        "state": "up",
+        "active": 0,
+        "fails": 0,
+        "resting_for": 0.0,
+    }
     assert p.candidates() == ["a", "b"]
 
 
@@ -200,11 +206,29 @@ def test_status() -> None:
     p.failed("plain")
     clock.advance(12)
     assert p.status() == [
-        {"backend": "ws://x:1", "active": 2, "fails": 0, "resting_for": 0.0},
-        {"backend": "plain", "active": 0, "fails": 2, "resting_for": 18.0},
+        {"backend": "ws://x:1", "state": "up", "active": 2, "fails": 0, "resting_for": 0.0},
+        {"backend": "plain", "state": "resting", "active": 0, "fails": 2, "resting_for": 18.0},
     ]
+    assert p.usable()
     clock.advance(20)
     assert p.status()[1]["resting_for"] == 0.0
+    assert p.status()[1]["state"] == "up"
+
+
+def test_usable_while_some_backend_is_not_resting() -> None:
+    p, clock = pool(2, max_fails=2, fail_timeout=30)
+    p.failed("a")
+    p.failed("b")
+    assert p.usable()  # one failure each: below max_fails, still up
+    p.failed("a")
+    assert p.usable()
+    clock.advance(1)
+    p.failed("b")
+    assert not p.usable()  # both resting: clients get a try, but it is down
+    assert [s["state"] for s in p.status()] == ["resting", "resting"]
+    clock.advance(29)  # a's rest is over
+    assert p.usable()
+    assert [s["state"] for s in p.status()] == ["up", "resting"]
 
 
 def test_unknown_backend_is_ignored() -> None:
@@ -226,9 +250,9 @@ def test_adopt_keeps_load_and_rest_of_common_backends() -> None:
     new = BackendPool(["new", "b", "a"], clock, balance="least-connections")
     new.adopt(old)
     assert new.status() == [
-        {"backend": "new", "active": 0, "fails": 0, "resting_for": 0.0},
-        {"backend": "b", "active": 0, "fails": 1, "resting_for": 7.0},
-        {"backend": "a", "active": 2, "fails": 0, "resting_for": 0.0},
+        {"backend": "new", "state": "up", "active": 0, "fails": 0, "resting_for": 0.0},
+        {"backend": "b", "state": "resting", "active": 0, "fails": 1, "resting_for": 7.0},
+        {"backend": "a", "state": "up", "active": 2, "fails": 0, "resting_for": 0.0},
     ]
     assert new.candidates() == ["new", "a", "b"]
     # Connections opened before the reload end through the old pool; the new one sees it.

@@ -172,7 +172,7 @@ fail_timeout = 600
     status, _, body = _http(listen, "/healthz")
     assert status == 200
     health = json.loads(body)
-    failover = next(r for r in health["routes"] if r["route"] == "#2 (/failover)")
+    failover = next(r for r in health["routes"] if r["route"] == "*/failover")
     down_status = failover["backends"][0]
     assert down_status["backend"] == f"ws://127.0.0.1:{down}"
     assert down_status["fails"] == 1 and down_status["resting_for"] > 500
@@ -221,7 +221,7 @@ backend = "ws://127.0.0.1:{be}"
     status, headers, body = _http(listen, "/healthz")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
     health = json.loads(body)
-    assert health["status"] == "ok" and health["routes"][0]["route"] == "#1 (/app)"
+    assert health["status"] == "ok" and health["routes"][0]["route"] == "*/app"
     status, headers, _ = _http(redirect, "/app/x?q=1", {"Host": "example.com:80"})
     assert status == 308 and headers["Location"] == "https://example.com:8443/app/x?q=1"
     assert _http(redirect, "/healthz")[0] == 200
@@ -448,6 +448,7 @@ def test_settings_apply_per_route(wsgate: GateFactory, tmp_path: Path) -> None:
         f"""
 [defaults]
 max_message_size = "1K"
+backend_deflate = "on"
 
 [[listener]]
 endpoint = "tcp:{listen}:interface=127.0.0.1"

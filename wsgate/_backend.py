@@ -8,6 +8,7 @@ which HTTP status the client should get (the backend's own refusal status,
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -40,13 +41,18 @@ _log = Logger(namespace="wsgate")
 class BackendError(Exception):
     """The backend leg could not be opened; ``status`` is for the client's answer."""
 
-    def __init__(self, status: int, reason: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, status: int, reason: str, *, retryable: bool = False, local: bool = False
+    ) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         #: The backend did not get to answer (refused, timed out, TLS, dropped):
         #: another backend of the route may be tried, and this one's health suffers.
         self.retryable = retryable
+        #: wsgate itself ran short (descriptors, buffers, ports): no backend is
+        #: to blame, and the client may try again soon (503 with Retry-After).
+        self.local = local
         self.backend = "?"
 
 
@@ -225,13 +231,38 @@ def connect_protocol(endpoint: Any, made: _P) -> defer.Deferred[_P]:
     return endpoint.connect(_Given(made))  # type: ignore[no-any-return]
 
 
+#: Errors that say this host ran out of something, not that the backend failed.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EADDRNOTAVAIL})
+
+
+def local_resource_error(exc: BaseException | None) -> int | None:
+    """The errno of ``exc`` when it is a local shortage (out of descriptors,
+    buffers or ports), else None. Twisted reports a socket() that failed as
+    ``ConnectBindError(errno, text)`` and a failed connect() as ``ConnectError``
+    with ``osError`` set; a plain ``OSError`` has ``errno``."""
+    for number in (getattr(exc, "osError", None), getattr(exc, "errno", None)):
+        if isinstance(number, int) and number in _LOCAL_ERRNOS:
+            return number
+    return None
+
+
 def connect_failure(failure: Failure, url: str) -> Failure:
     """A failed TCP (or TLS) connect as the client's answer: 504 for a timeout,
-    502 otherwise, both worth trying the next backend. A cancel (the client
-    went away) passes through."""
+    502 otherwise, both worth trying the next backend. A local shortage
+    (EMFILE, ENFILE, ENOBUFS, EADDRNOTAVAIL) is 503 and not the backend's
+    fault: no other backend is tried and none is marked failed. A cancel (the
+    client went away) passes through."""
     if failure.check(defer.CancelledError):
         return failure
-    if failure.check(defer.TimeoutError, error.TimeoutError):
+    number = local_resource_error(failure.value)
+    if number is not None:
+        exc = BackendError(
+            503,
+            f"wsgate is out of local resources ({errno.errorcode[number]}) "
+            f"connecting to backend {url}",
+            local=True,
+        )
+    elif failure.check(defer.TimeoutError, error.TimeoutError):
         exc = BackendError(504, f"connecting to backend {url} timed out", retryable=True)
     else:
         exc = BackendError(
@@ -252,4 +283,5 @@ __all__ = [
     "BackendProtocol",
     "connect_failure",
     "connect_protocol",
+    "local_resource_error",
 ]

@@ -546,9 +546,11 @@ class Listener:
     name: str
     certificates: tuple[CertificateFile, ...] = ()
     health: str | None = None
+    health_fail_when_degraded: bool = False  # 503, not 200, when a route has no usable backend
     redirect: str | None = None
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve
+    web_follow_symlinks: bool = False  # serve files whose real path is outside ``web``
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,17 @@ from wsgate._config import (
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
-_LISTENER_KEYS = ("endpoint", "name", "certificates", "health", "redirect", "web", "web_index")
+_LISTENER_KEYS = (
+    "endpoint",
+    "name",
+    "certificates",
+    "health",
+    "health_fail_when_degraded",
+    "redirect",
+    "web",
+    "web_index",
+    "web_follow_symlinks",
+)
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
     "prefix",
@@ -59,7 +69,19 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "cert file). The first is the default. Use with a plain endpoint (tcp:, unix:, "
         "systemd:, haproxy:), not ssl:.",
     ),
-    ("health", "(none)", 'A path answered with 200 and a small JSON status, e.g. ``"/healthz"``.'),
+    (
+        "health",
+        "(none)",
+        'A path answered with a JSON status, e.g. ``"/healthz"``: each route\'s backends '
+        'with their state; ``"status": "degraded"`` when some route has no backend that '
+        "is not resting after failures.",
+    ),
+    (
+        "health_fail_when_degraded",
+        "false",
+        "Answer the health path with 503 instead of 200 while degraded (for load "
+        "balancers that take a listener out of rotation on a non-2xx answer).",
+    ),
     (
         "redirect",
         "(none)",
@@ -73,6 +95,12 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "listener, e.g. noVNC's files; no directory listings, nothing outside it.",
     ),
     ("web_index", '"index.html"', 'The file a directory request serves, e.g. ``"vnc.html"``.'),
+    (
+        "web_follow_symlinks",
+        "false",
+        "Serve files through symbolic links that lead outside ``web``; by default "
+        "such files are answered with 404.",
+    ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
     (
@@ -216,6 +244,15 @@ class _FileReader:
             return None
         return value
 
+    def _flag(self, table: str, raw: Mapping[str, Any], key: str) -> bool:
+        if key not in raw:
+            return False
+        try:
+            return parse_bool(raw[key], self._at(table, key))
+        except ConfigError as e:
+            self.errors.append(str(e))
+            return False
+
     def _listener(self, index: int, raw: Mapping[str, Any]) -> Listener | None:
         name = raw.get("name")
         table = f"[[listener]] #{index + 1}" + (f" ({name})" if isinstance(name, str) else "")
@@ -252,6 +289,8 @@ class _FileReader:
         if web is not None:
             web = self._relative(web)
         web_index = self._string(table, raw, "web_index")
+        fail_when_degraded = self._flag(table, raw, "health_fail_when_degraded")
+        follow_symlinks = self._flag(table, raw, "web_follow_symlinks")
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -259,9 +298,11 @@ class _FileReader:
             name=name,
             certificates=tuple(certificates),
             health=health,
+            health_fail_when_degraded=fail_when_degraded,
             redirect=redirect,
             web=web,
             web_index=web_index,
+            web_follow_symlinks=follow_symlinks,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -468,6 +509,10 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         )
     if listener.web is not None and not os.path.isdir(listener.web):
         errors.append(f"{where}: web: {listener.web!r} is not a directory")
+    if listener.web_follow_symlinks and listener.web is None:
+        errors.append(f"{where}: web_follow_symlinks needs web = DIRECTORY")
+    if listener.health_fail_when_degraded and listener.health is None:
+        errors.append(f'{where}: health_fail_when_degraded needs health = PATH, e.g. "/healthz"')
     if listener.web_index is not None:
         if listener.web is None:
             errors.append(f"{where}: web_index needs web = DIRECTORY")

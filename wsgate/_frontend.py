@@ -57,6 +57,9 @@ _REASONS = {
 _MAX_REQUEST_HEAD = 64 * 1024
 #: Seconds a client has to send its request head, before it is routed.
 _REQUEST_TIMEOUT = 30.0
+#: Retry-After of a 503 for a local shortage (out of file descriptors): soon
+#: enough for a browser's reconnect, long enough for connections to close.
+_RETRY_AFTER = 2
 
 
 class Connector(Protocol):
@@ -122,15 +125,27 @@ class LiveRoute:
         found = self.connectors.get(backend)
         return found if found is not None else self._make_connector(backend)
 
+    def usable(self) -> bool:
+        """Whether a client of this route would be tried on a backend that is
+        not resting. A token route always is: its targets are not pooled."""
+        return self.pool is None or self.pool.usable()
+
     def status(self) -> dict[str, object]:
+        name = route_label(self.hosts, self.prefix)
         if self.tokens is not None:
             return {
-                "route": self.route.name,
+                "route": name,
                 "token_file": self.route.token_file,
                 "tokens": self.tokens.tokens_count(),
             }
         assert self.pool is not None
-        return {"route": self.route.name, "backends": self.pool.status()}
+        return {"route": name, "usable": self.pool.usable(), "backends": self.pool.status()}
+
+
+def route_label(hosts: Sequence[str], prefix: str) -> str:
+    """A route as people write it: ``app.example.com/app``, ``a.com,b.com/``,
+    ``*/`` for any host. Unique on a listener, unlike the config's ``#1 (/)``."""
+    return (",".join(hosts) or "*") + prefix
 
 
 def _token(prefix: str, path: str, query: str) -> str | None:
@@ -150,13 +165,18 @@ class ListenerRoutes:
     router: Router[LiveRoute]
     routes: tuple[LiveRoute, ...]
 
-    def health(self) -> bytes:
+    def health(self) -> tuple[int, bytes]:
+        """The health path's answer: ``degraded`` while some route has no usable
+        backend (every one resting after failures), with 503 rather than 200
+        if the listener asks for it."""
+        degraded = not all(live.usable() for live in self.routes)
         status = {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
             "listener": self.listener.name,
             "routes": [live.status() for live in self.routes],
         }
-        return json.dumps(status, indent=1).encode("utf-8") + b"\n"
+        code = 503 if degraded and self.listener.health_fail_when_degraded else 200
+        return code, json.dumps(status, indent=1).encode("utf-8") + b"\n"
 
 
 class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
@@ -171,6 +191,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _chosen: AnyBackend | None = None
     _routed: bool = False
     _counted: bool = False  # in its backend's active count
+    _retry_after: int | None = None  # seconds, on a 503 for a local shortage
 
     # -- routing, before Autobahn looks at the request --------------------------
 
@@ -196,7 +217,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         listener = routes.listener
         host = normalize_host(headers.get("host"))
         if listener.health is not None and parts.path == listener.health:
-            return self._respond(200, routes.health(), "application/json")
+            return self._respond(*routes.health(), "application/json")
         if listener.redirect is not None:
             return self._redirect(listener.redirect, host, parts)
         if listener.web is not None and not _web.is_upgrade(headers):
@@ -375,6 +396,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             raise ConnectionDeny(499, "client went away")
         exc = failure.value
         if isinstance(exc, BackendError):
+            if exc.local:
+                self._retry_after = _RETRY_AFTER
             _log.warn(
                 "{peer} {path}: backend {backend} not opened: {status} {reason}",
                 peer=self.peer,
@@ -437,6 +460,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         ]
         if code == 426:
             lines.append("Upgrade: websocket")
+        if code == 503 and self._retry_after is not None:
+            lines.append(f"Retry-After: {self._retry_after}")
         for name, value in responseHeaders or ():
             lines.append(f"{name}: {value}")
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
@@ -487,7 +512,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         #: Replaced whole by a reload; each connection reads it once, when routed.
         self.routes = routes
         self.clock = reactor
-        self._site: tuple[tuple[str | None, str | None], Any] | None = None
+        self._site: tuple[tuple[Any, ...], Any] | None = None
         defaults = RouteSettings()
         # Per-route values (size limit, close timeout, deflate) are set on
         # each connection once it is routed.
@@ -506,13 +531,27 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
         )
         self.server = None
 
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a client has to send a request head: the WebSocket upgrade's
+        and each plain HTTP request's on a ``web`` listener."""
+        return _REQUEST_TIMEOUT
+
     def web_site(self) -> Any:
         """The static site of the listener's ``web`` directory (rebuilt on reloads)."""
         listener = self.routes.listener
-        key = (listener.web, listener.web_index)
+        key = (listener.web, listener.web_index, listener.web_follow_symlinks, self.request_timeout)
         if self._site is None or self._site[0] != key:
             assert listener.web is not None
-            self._site = (key, _web.make_site(listener.web, listener.web_index, self))
+            site = _web.make_site(
+                listener.web,
+                listener.web_index,
+                self,
+                follow_symlinks=listener.web_follow_symlinks,
+                request_timeout=self.request_timeout,
+                reactor=self.clock,
+            )
+            self._site = (key, site)
         return self._site[1]
 
     def acceptableProtocols(self) -> list[bytes]:

@@ -133,12 +133,22 @@ class BackendPool(Generic[T]):
         if state is not None:
             state.active = max(0, state.active - 1)
 
+    def usable(self) -> bool:
+        """Whether some backend is not resting: a client would be tried on it first.
+
+        When none is, clients still get a try on the soonest to wake, but the
+        route is as good as down, and a health check should say so.
+        """
+        now = self._clock.seconds()
+        return any(s.rest_until <= now for s in self._states.values())
+
     def status(self) -> list[dict[str, object]]:
         """One JSON-ready record per backend, in configured order, for a health endpoint."""
         now = self._clock.seconds()
         return [
             {
                 "backend": _name(b),
+                "state": "resting" if s.rest_until > now else "up",
                 "active": s.active,
                 "fails": s.fails,
                 "resting_for": max(0.0, s.rest_until - now),

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgate import _daemon
+from wsgate import _daemon, _limits
 from wsgate._backend import BackendConnector
 from wsgate._config import (
     AnyBackend,
@@ -154,6 +154,7 @@ class Gateway(service.MultiService):
     # -- reloading --------------------------------------------------------------
 
     def startService(self) -> None:
+        _limits.raise_nofile_limit()
         super().startService()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
         _daemon.done()
@@ -275,7 +276,7 @@ class Gateway(service.MultiService):
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
-        port = await endpoint.listen(door)
+        port = _limits.throttle_accept_log(await endpoint.listen(door))
         return _Open(listener, _Bound(port), door, factory, sni)
 
 
@@ -325,6 +326,7 @@ class _Listener(internet.StreamServerEndpointService):
             super().privilegedStartService()
         except error.CannotListenError as e:
             _daemon.fail(f"wsgate: cannot listen on {self.name!r}: {e.socketError}")
+        _limits.throttle_when_listening(self._waitingForPort)
 
 
 @implementer(IProtocolNegotiationFactory)

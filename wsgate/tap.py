@@ -40,6 +40,12 @@ class Options(usage.Options):
     optFlags = [
         ["backend-insecure", None, "Do not verify a wss:// backend's certificate (testing only)."],
         ["check", None, "With --config: check the file, print what is wrong, and exit."],
+        [
+            "web-follow-symlinks",
+            None,
+            "With --web: also serve files through symbolic links that lead outside the "
+            "directory (refused with 404 by default).",
+        ],
     ]
     optParameters = [
         [
@@ -143,6 +149,7 @@ class Options(usage.Options):
                 "token-file",
                 "web",
                 "web-index",
+                "web-follow-symlinks",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -210,9 +217,18 @@ class Options(usage.Options):
             routes.append(Route(name="--token-file", token_file=path, settings=settings))
         listen = self["listen"] or ["tcp:8080"]
         web = os.path.abspath(self["web"]) if self["web"] else None
+        if self["web-follow-symlinks"] and web is None:
+            raise ConfigError("--web-follow-symlinks needs --web DIRECTORY")
         config = Config(
             listeners=tuple(
-                Listener(endpoint=e, name=e, web=web, web_index=self["web-index"]) for e in listen
+                Listener(
+                    endpoint=e,
+                    name=e,
+                    web=web,
+                    web_index=self["web-index"],
+                    web_follow_symlinks=bool(self["web-follow-symlinks"]),
+                )
+                for e in listen
             ),
             routes=tuple(routes),
         )
