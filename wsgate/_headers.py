@@ -93,6 +93,15 @@ def backend_headers(request: ClientRequest) -> dict[str, str]:
     return out
 
 
+def as_latin1(value: str) -> str:
+    """A configured value as header text: its UTF-8 bytes, one character each.
+
+    Header text here is latin-1 (a client's bytes exactly, see ``_httphead``)
+    and the backend leg writes it back as latin-1.
+    """
+    return value.encode("utf-8").decode("latin-1")
+
+
 def client_response_headers(raw_response: bytes) -> dict[str, list[str]]:
     """Headers of the backend's 101 to repeat in the client's 101.
 
