@@ -28,7 +28,7 @@ from wsgate._closecodes import Side
 from wsgate._config import AnyBackend, Listener, Route, RouteSettings, StreamBackend
 from wsgate._pool import BackendPool
 from wsgate._relay import Relay
-from wsgate._routing import Router, normalize_host, rewrite_path
+from wsgate._routing import Router, normalize_host, normalize_path, rewrite_path
 from wsgate._tcpleg import StreamLeg
 from wsgate._tokens import TokenFile
 from wsgate._wsleg import RelayedLeg, leg_options
@@ -167,7 +167,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _connecting: defer.Deferred[Any] | None = None
     _request: ConnectionRequest | None = None
     _head: _httphead.Head | None = None  # checked: what is routed on and forwarded
-    _route_path = "/"  # what the route is chosen on and the backend gets
+    _route_path = "/"  # normalised: what the route is chosen on and the backend gets
     _live: LiveRoute | None = None
     _chosen: AnyBackend | None = None
     _routed: bool = False
@@ -222,14 +222,14 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         return super().processHandshake()
 
     def _check_head(self, end: int) -> SplitResult:
-        """Check the head's bytes (``ValueError``: 400).
+        """Check the head's bytes and normalise its path (``ValueError``: 400).
 
         Autobahn then parses a copy whose obs-text cannot start a line; what
         wsgate routes on and forwards is this parse.
         """
         head = _httphead.parse_head(self.data[: end + 4])
         parts = urlsplit(head.target)
-        self._route_path = parts.path or "/"
+        self._route_path = normalize_path(parts.path or "/")
         self._head = head
         self.data = _httphead.autobahn_safe(self.data[: end + 4]) + self.data[end + 4 :]
         return parts._replace(path=self._route_path)
