@@ -18,6 +18,8 @@ from wsgate import _deflate
 from wsgate._deflate import DeflatePolicy
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Seconds a client has to send its request head, before it is routed.
+DEFAULT_REQUEST_TIMEOUT = 30.0
 #: Autobahn treats 0 as "no limit" but then inflates compressed frames with
 #: no bound at all, and its zlib errors escape unhandled; a huge finite
 #: limit keeps both guards in place for "max_message_size = 0".
@@ -546,6 +548,7 @@ class Listener:
     redirect: str | None = None
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from wsgate import _routing
 from wsgate._config import (
+    DEFAULT_REQUEST_TIMEOUT,
     SETTINGS,
     SETTINGS_BY_KEY,
     CertificateFile,
@@ -26,10 +27,20 @@ from wsgate._config import (
     apply_settings,
     parse_backend,
     parse_bool,
+    parse_seconds,
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
-_LISTENER_KEYS = ("endpoint", "name", "certificates", "health", "redirect", "web", "web_index")
+_LISTENER_KEYS = (
+    "endpoint",
+    "name",
+    "certificates",
+    "health",
+    "redirect",
+    "web",
+    "web_index",
+    "request_timeout",
+)
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
     "prefix",
@@ -73,6 +84,12 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "listener, e.g. noVNC's files; no directory listings, nothing outside it.",
     ),
     ("web_index", '"index.html"', 'The file a directory request serves, e.g. ``"vnc.html"``.'),
+    (
+        "request_timeout",
+        "30",
+        "Seconds a client has to send its whole request head (before it is routed); then "
+        "the connection is closed. CLI: ``--request-timeout``.",
+    ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
     (
@@ -240,6 +257,14 @@ class _FileReader:
         if web is not None:
             web = self._relative(web)
         web_index = self._string(table, raw, "web_index")
+        request_timeout = DEFAULT_REQUEST_TIMEOUT
+        if "request_timeout" in raw:
+            try:
+                request_timeout = parse_seconds(
+                    raw["request_timeout"], self._at(table, "request_timeout")
+                )
+            except ConfigError as e:
+                self.errors.append(str(e))
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -250,6 +275,7 @@ class _FileReader:
             redirect=redirect,
             web=web,
             web_index=web_index,
+            request_timeout=request_timeout,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:

@@ -54,8 +54,6 @@ _REASONS = {
 
 #: Longest request head read before it is refused with 431.
 _MAX_REQUEST_HEAD = 64 * 1024
-#: Seconds a client has to send its request head, before it is routed.
-_REQUEST_TIMEOUT = 30.0
 
 
 class Connector(Protocol):
@@ -174,6 +172,12 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _counted: bool = False  # in its backend's active count
 
     # -- routing, before Autobahn looks at the request --------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The listener's request-head deadline, on our clock: Autobahn's own
+        # timer rounds down to whole seconds (0.5 s fires at once, 2 s after 1).
+        self._restart_handshake_timer(self.factory.routes.listener.request_timeout)
 
     def processHandshake(self) -> Any:
         if self._routed:
@@ -506,7 +510,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
             versions=[8, 13],
             webStatus=False,
             **leg_options(defaults),
-            openHandshakeTimeout=_REQUEST_TIMEOUT,
+            openHandshakeTimeout=routes.listener.request_timeout,
             requireMaskedClientFrames=True,
             maskServerFrames=False,
             allowedOrigins=["*"],

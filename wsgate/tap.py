@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from wsgate._config import (
+    DEFAULT_REQUEST_TIMEOUT,
     SETTINGS,
     Config,
     ConfigError,
@@ -18,6 +19,7 @@ from wsgate._config import (
     RouteSettings,
     apply_settings,
     parse_backend,
+    parse_seconds,
 )
 
 
@@ -72,6 +74,12 @@ class Options(usage.Options):
             "Directory served to plain HTTP requests on the same port (e.g. noVNC's files).",
         ],
         ["web-index", None, None, "File a directory request serves (e.g. vnc.html)."],
+        [
+            "request-timeout",
+            None,
+            None,
+            "Seconds a client has to send its request head, on every --listen. Default: 30.",
+        ],
         *_setting_options(),
     ]
 
@@ -124,6 +132,7 @@ class Options(usage.Options):
                 "token-file",
                 "web",
                 "web-index",
+                "request-timeout",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -191,9 +200,19 @@ class Options(usage.Options):
             routes.append(Route(name="--token-file", token_file=path, settings=settings))
         listen = self["listen"] or ["tcp:8080"]
         web = os.path.abspath(self["web"]) if self["web"] else None
+        request_timeout = DEFAULT_REQUEST_TIMEOUT
+        if self["request-timeout"] is not None:
+            request_timeout = parse_seconds(self["request-timeout"], "--request-timeout")
         config = Config(
             listeners=tuple(
-                Listener(endpoint=e, name=e, web=web, web_index=self["web-index"]) for e in listen
+                Listener(
+                    endpoint=e,
+                    name=e,
+                    web=web,
+                    web_index=self["web-index"],
+                    request_timeout=request_timeout,
+                )
+                for e in listen
             ),
             routes=tuple(routes),
         )
