@@ -8,6 +8,7 @@ disagree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -307,6 +308,25 @@ def parse_remove_headers(value: Any, where: str) -> frozenset[str]:
     return frozenset(_header_name(name, where) for name in _string_list(value, where))
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: Any, where: str) -> tuple[Network, ...]:
+    """Addresses and CIDR networks: an array, or one string of them separated by commas."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    networks = []
+    for text in _string_list(value, where):
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {text!r} is not an IP address or network "
+                '(e.g. "10.0.0.0/8", "192.0.2.1" or "::1")'
+            ) from None
+    return tuple(networks)
+
+
 def parse_balance(value: Any, where: str) -> str:
     if value not in ("round-robin", "least-connections"):
         raise ConfigError(
@@ -549,6 +569,8 @@ class Listener:
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Peers whose X-Forwarded-*/Forwarded headers are kept (and appended to).
+    trust_forwarded_from: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

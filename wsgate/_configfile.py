@@ -22,11 +22,13 @@ from wsgate._config import (
     Config,
     ConfigError,
     Listener,
+    Network,
     Route,
     RouteSettings,
     apply_settings,
     parse_backend,
     parse_bool,
+    parse_networks,
     parse_seconds,
 )
 
@@ -40,6 +42,7 @@ _LISTENER_KEYS = (
     "web",
     "web_index",
     "request_timeout",
+    "trust_forwarded_from",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
@@ -89,6 +92,15 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "30",
         "Seconds a client has to send its whole request head (before it is routed); then "
         "the connection is closed. CLI: ``--request-timeout``.",
+    ),
+    (
+        "trust_forwarded_from",
+        "[]",
+        "Addresses and networks (``10.0.0.0/8``) of proxies in front of wsgate: only from "
+        "these peers are X-Forwarded-For, Forwarded, X-Forwarded-Proto and "
+        "X-Forwarded-Host kept (wsgate appends its own); from any other peer they are "
+        "dropped. Behind a ``haproxy:`` endpoint the peer is the PROXY header's address. "
+        "CLI: ``--trust-forwarded-from``.",
     ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
@@ -265,6 +277,14 @@ class _FileReader:
                 )
             except ConfigError as e:
                 self.errors.append(str(e))
+        trust: tuple[Network, ...] = ()
+        if "trust_forwarded_from" in raw:
+            try:
+                trust = parse_networks(
+                    raw["trust_forwarded_from"], self._at(table, "trust_forwarded_from")
+                )
+            except ConfigError as e:
+                self.errors.append(str(e))
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -276,6 +296,7 @@ class _FileReader:
             web=web,
             web_index=web_index,
             request_timeout=request_timeout,
+            trust_forwarded_from=trust,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:

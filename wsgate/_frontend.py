@@ -314,6 +314,9 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             headers=request_headers,
             peer_host=getattr(peer, "host", None),
             secure=ISSLTransport.providedBy(self.transport),
+            trusted=_headers.peer_trusted(
+                self.factory.routes.listener.trust_forwarded_from, getattr(peer, "host", None)
+            ),
         )
         headers = _headers.backend_headers(client)
         for name in settings.remove_headers:

@@ -19,6 +19,7 @@ from wsgate._config import (
     RouteSettings,
     apply_settings,
     parse_backend,
+    parse_networks,
     parse_seconds,
 )
 
@@ -80,6 +81,13 @@ class Options(usage.Options):
             None,
             "Seconds a client has to send its request head, on every --listen. Default: 30.",
         ],
+        [
+            "trust-forwarded-from",
+            None,
+            None,
+            "Addresses/networks (comma-separated, e.g. 10.0.0.0/8,::1) whose X-Forwarded-* "
+            "and Forwarded headers are kept; from other peers they are dropped. Default: none.",
+        ],
         *_setting_options(),
     ]
 
@@ -133,6 +141,7 @@ class Options(usage.Options):
                 "web",
                 "web-index",
                 "request-timeout",
+                "trust-forwarded-from",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -203,6 +212,7 @@ class Options(usage.Options):
         request_timeout = DEFAULT_REQUEST_TIMEOUT
         if self["request-timeout"] is not None:
             request_timeout = parse_seconds(self["request-timeout"], "--request-timeout")
+        trust = parse_networks(self["trust-forwarded-from"] or [], "--trust-forwarded-from")
         config = Config(
             listeners=tuple(
                 Listener(
@@ -211,6 +221,7 @@ class Options(usage.Options):
                     web=web,
                     web_index=self["web-index"],
                     request_timeout=request_timeout,
+                    trust_forwarded_from=trust,
                 )
                 for e in listen
             ),
