@@ -21,6 +21,15 @@ from wsgate._deflate import DeflatePolicy
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 #: Seconds a client has to send its request head, before it is routed.
 DEFAULT_REQUEST_TIMEOUT = 30.0
+#: TLS 1.2 suites of TLS listeners: Mozilla's "intermediate" profile (ECDHE
+#: or DHE with AES-GCM or ChaCha20-Poly1305; no CBC, no SHA-1 MAC, no RSA key
+#: exchange). TLS 1.3 suites are all AEAD and stay OpenSSL's.
+DEFAULT_TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
 #: Autobahn treats 0 as "no limit" but then inflates compressed frames with
 #: no bound at all, and its zlib errors escape unhandled; a huge finite
 #: limit keeps both guards in place for "max_message_size = 0".
@@ -327,6 +336,23 @@ def parse_networks(value: Any, where: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def parse_tls_ciphers(value: Any, where: str) -> str:
+    """An OpenSSL cipher string that names at least one TLS 1.2 suite."""
+    from OpenSSL import SSL
+
+    if isinstance(value, str) and value.isascii() and value.strip():
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii"))
+        except SSL.Error:
+            pass
+        else:
+            return value
+    raise ConfigError(
+        f"{where}: {value!r} names no TLS 1.2 cipher suite OpenSSL knows; expected an "
+        'OpenSSL cipher string, e.g. "ECDHE+AESGCM:ECDHE+CHACHA20"'
+    )
+
+
 def parse_balance(value: Any, where: str) -> str:
     if value not in ("round-robin", "least-connections"):
         raise ConfigError(
@@ -571,6 +597,7 @@ class Listener:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: Peers whose X-Forwarded-*/Forwarded headers are kept (and appended to).
     trust_forwarded_from: tuple[Network, ...] = ()
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS  # OpenSSL cipher string, TLS 1.2
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any
 from wsgate import _routing
 from wsgate._config import (
     DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TLS_CIPHERS,
     SETTINGS,
     SETTINGS_BY_KEY,
     CertificateFile,
@@ -30,6 +31,7 @@ from wsgate._config import (
     parse_bool,
     parse_networks,
     parse_seconds,
+    parse_tls_ciphers,
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
@@ -43,6 +45,7 @@ _LISTENER_KEYS = (
     "web_index",
     "request_timeout",
     "trust_forwarded_from",
+    "tls_ciphers",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
@@ -101,6 +104,15 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "X-Forwarded-Host kept (wsgate appends its own); from any other peer they are "
         "dropped. Behind a ``haproxy:`` endpoint the peer is the PROXY header's address. "
         "CLI: ``--trust-forwarded-from``.",
+    ),
+    (
+        "tls_ciphers",
+        "(intermediate)",
+        "TLS 1.2 cipher suites of a TLS listener (``certificates``, or an ``ssl:`` "
+        "endpoint), as an OpenSSL cipher string. The default is Mozilla's "
+        '"intermediate" profile: ECDHE/DHE with AES-GCM or ChaCha20-Poly1305, no CBC or '
+        "SHA-1 suites. TLS 1.3 suites are OpenSSL's. Twisted's ``tls:`` endpoint keeps "
+        "Twisted's own list. CLI: ``--tls-ciphers``.",
     ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
@@ -285,6 +297,12 @@ class _FileReader:
                 )
             except ConfigError as e:
                 self.errors.append(str(e))
+        tls_ciphers = DEFAULT_TLS_CIPHERS
+        if "tls_ciphers" in raw:
+            try:
+                tls_ciphers = parse_tls_ciphers(raw["tls_ciphers"], self._at(table, "tls_ciphers"))
+            except ConfigError as e:
+                self.errors.append(str(e))
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -297,6 +315,7 @@ class _FileReader:
             web_index=web_index,
             request_timeout=request_timeout,
             trust_forwarded_from=trust,
+            tls_ciphers=tls_ciphers,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -482,7 +501,7 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         from wsgate._sni import TlsSetupError, load_sni_creator
 
         try:
-            load_sni_creator(listener.certificates)
+            load_sni_creator(listener.certificates, listener.tls_ciphers)
         except TlsSetupError as e:
             errors.append(f"{where}: certificates: {e}")
     if listener.health is not None and _routing.check_prefix(listener.health):

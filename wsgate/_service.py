@@ -33,6 +33,7 @@ from wsgate._frontend import FrontendFactory, ListenerRoutes, LiveRoute
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
 from wsgate._tcpleg import StreamConnector
+from wsgate._tls import restrict_ciphers
 
 _log = Logger(namespace="wsgate")
 
@@ -120,9 +121,10 @@ class Gateway(service.MultiService):
         if listener.certificates:
             from wsgate._sni import load_sni_creator, tls_factory
 
-            sni = _SwappableCreator(load_sni_creator(listener.certificates))
+            sni = _SwappableCreator(load_sni_creator(listener.certificates, listener.tls_ciphers))
             wrapped = tls_factory(sni, factory, self._reactor)  # type: ignore[arg-type]
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        restrict_ciphers(endpoint, listener.tls_ciphers)
         listening = _Listener(endpoint, wrapped)
         listening.setName(listener.endpoint)
         opened = _Open(listener, listening, factory, sni)
@@ -226,7 +228,7 @@ def _load_certificates(listener: Listener) -> Any:
     from wsgate._sni import TlsSetupError, load_sni_creator
 
     try:
-        return load_sni_creator(listener.certificates)
+        return load_sni_creator(listener.certificates, listener.tls_ciphers)
     except TlsSetupError as e:
         raise ConfigError(f"{listener.name}: certificates: {e}") from None
 

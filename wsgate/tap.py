@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from wsgate._config import (
     DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TLS_CIPHERS,
     SETTINGS,
     Config,
     ConfigError,
@@ -21,6 +22,7 @@ from wsgate._config import (
     parse_backend,
     parse_networks,
     parse_seconds,
+    parse_tls_ciphers,
 )
 
 
@@ -88,6 +90,13 @@ class Options(usage.Options):
             "Addresses/networks (comma-separated, e.g. 10.0.0.0/8,::1) whose X-Forwarded-* "
             "and Forwarded headers are kept; from other peers they are dropped. Default: none.",
         ],
+        [
+            "tls-ciphers",
+            None,
+            None,
+            "TLS 1.2 cipher suites of ssl: listeners (an OpenSSL cipher string). "
+            "Default: Mozilla's intermediate profile (no CBC or SHA-1 suites).",
+        ],
         *_setting_options(),
     ]
 
@@ -142,6 +151,7 @@ class Options(usage.Options):
                 "web-index",
                 "request-timeout",
                 "trust-forwarded-from",
+                "tls-ciphers",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -213,6 +223,9 @@ class Options(usage.Options):
         if self["request-timeout"] is not None:
             request_timeout = parse_seconds(self["request-timeout"], "--request-timeout")
         trust = parse_networks(self["trust-forwarded-from"] or [], "--trust-forwarded-from")
+        ciphers = DEFAULT_TLS_CIPHERS
+        if self["tls-ciphers"] is not None:
+            ciphers = parse_tls_ciphers(self["tls-ciphers"], "--tls-ciphers")
         config = Config(
             listeners=tuple(
                 Listener(
@@ -222,6 +235,7 @@ class Options(usage.Options):
                     web_index=self["web-index"],
                     request_timeout=request_timeout,
                     trust_forwarded_from=trust,
+                    tls_ciphers=ciphers,
                 )
                 for e in listen
             ),
