@@ -75,6 +75,7 @@ def test_obs_text_is_kept_byte_for_byte() -> None:
         (_head(line=b"GE(T / HTTP/1.1"), "request line"),
         (_head(line=b"/ HTTP/1.1"), "request line"),
         (b"GET / HTTP/1.1\r\n\r", "CRLF CRLF"),
+        (_head(b"Host: a", b"host: b"), "more than one Host"),
     ],
 )
 def test_refuses(raw: bytes, reason: str) -> None:
@@ -179,6 +180,18 @@ def test_smuggling_variants_get_400_and_reach_no_backend(gate_and_backend, field
     assert body.count(b"\n") == 1  # a one-line reason
     assert len(recorder.heads) == before
     assert "Traceback" not in gate.log()
+
+
+@pytest.mark.parametrize("control", [*_CONTROLS, b"\x85"], ids=lambda c: f"{c[0]:#04x}")
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_every_control_character_gets_400(gate_and_backend, control: bytes, where: str) -> None:  # type: ignore[no-untyped-def]
+    gate, recorder = gate_and_backend
+    before = len(recorder.heads)
+    field = b"X-A" + control + b"B: v" if where == "name" else b"X-A: a" + control + b"b"
+    raw = b"GET / HTTP/1.1\r\n" + field + b"\r\n" + _UPGRADE + b"\r\n"
+    answer = exchange(gate.port, raw, timeout=5)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert len(recorder.heads) == before
 
 
 def test_bare_lf_head_is_answered_at_once(gate_and_backend) -> None:  # type: ignore[no-untyped-def]

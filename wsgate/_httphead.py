@@ -76,7 +76,10 @@ def parse_head(head: bytes) -> Head:
     if match is None:
         raise HeadError("malformed request line")
     method, target, version = (part.decode("ascii") for part in match.groups())
-    return Head(method, target, version, tuple(_field(line) for line in lines[1:]))
+    fields = tuple(_field(line) for line in lines[1:])
+    if sum(name == "host" for name, _ in fields) > 1:  # RFC 9112 3.2: routed on which?
+        raise HeadError("more than one Host header")
+    return Head(method, target, version, fields)
 
 
 def _field(line: bytes) -> tuple[str, str]:
