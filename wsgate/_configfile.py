@@ -112,7 +112,8 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "endpoint), as an OpenSSL cipher string. The default is Mozilla's "
         '"intermediate" profile: ECDHE/DHE with AES-GCM or ChaCha20-Poly1305, no CBC or '
         "SHA-1 suites. TLS 1.3 suites are OpenSSL's. Twisted's ``tls:`` endpoint keeps "
-        "Twisted's own list. CLI: ``--tls-ciphers``.",
+        "Twisted's own list. A reload applies a change to ``certificates`` listeners; an "
+        "``ssl:`` endpoint takes it at restart. CLI: ``--tls-ciphers``.",
     ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
