@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import os
+import re
+import socket
+import socketserver
+import threading
 from collections.abc import AsyncIterator
 
 MIB = 1024 * 1024
@@ -51,3 +57,68 @@ def masked_frame(opcode: int, size: int, fin: bool) -> bytes:
     else:
         head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
     return head + b"\x00\x00\x00\x00" + _PAYLOAD[:size]
+
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class RecordingBackend:
+    """A WebSocket backend on 127.0.0.1 that keeps each request head's raw bytes.
+
+    A thread with plain sockets, so sync tests (and hypothesis) can use it: it
+    answers 101 and then reads and discards until the connection closes.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.heads: list[bytes] = []
+        self._server: socketserver.ThreadingTCPServer | None = None
+
+    def __enter__(self) -> RecordingBackend:
+        heads = self.heads
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock: socket.socket = self.request
+                sock.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head = data[: data.index(b"\r\n\r\n") + 4]
+                heads.append(head)
+                key = re.search(rb"(?im)^sec-websocket-key:[ \t]*(\S+)", head)
+                accept = base64.b64encode(hashlib.sha1((key[1] if key else b"") + _GUID).digest())
+                sock.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        server = self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def exchange(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``raw`` to 127.0.0.1:``port``; the answer's head (or all until EOF)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data

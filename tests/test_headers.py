@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 from wsgate._headers import ClientRequest, backend_headers, client_response_headers, origin_allowed
 
 
-def _request(headers: dict[str, str], peer: str | None = "192.0.2.7", secure: bool = False):
-    return ClientRequest(headers=headers, peer_host=peer, secure=secure)
+def _request(
+    headers: dict[str, str],
+    peer: str | None = "192.0.2.7",
+    secure: bool = False,
+    trusted: bool = False,
+):
+    return ClientRequest(headers=headers, peer_host=peer, secure=secure, trusted=trusted)
 
 
 def test_end_to_end_headers_pass_hop_by_hop_do_not() -> None:
@@ -46,11 +51,12 @@ def test_end_to_end_headers_pass_hop_by_hop_do_not() -> None:
     }
 
 
-def test_forwarded_appends_to_earlier_proxies() -> None:
+def test_forwarded_appends_to_earlier_trusted_proxies() -> None:
     out = backend_headers(
         _request(
             {"x-forwarded-for": "203.0.113.1", "forwarded": "for=203.0.113.1", "host": "h"},
             peer="2001:db8::1",
+            trusted=True,
         )
     )
     assert out["x-forwarded-for"] == "203.0.113.1, 2001:db8::1"

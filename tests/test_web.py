@@ -74,11 +74,16 @@ def _one_plain_line(headers: dict[str, str], body: bytes) -> None:
     assert b"<" not in body, body
 
 
-def test_nul_in_the_path_is_404_without_a_traceback(wsgate: GateFactory, tmp_path: Path) -> None:
+def test_nul_in_the_path_is_400_or_404_without_a_traceback(
+    wsgate: GateFactory, tmp_path: Path
+) -> None:
     gate = wsgate("--web", str(_site_dir(tmp_path)))
-    for target in ("/index.html%00.txt", "/%00", "/sub/%00/x", "/%ff%fe.html"):
+    # A NUL is refused with the other malformed paths, before routing; bytes
+    # that are not UTF-8 name no file.
+    expected = {"/index.html%00.txt": 400, "/%00": 400, "/sub/%00/x": 400, "/%ff%fe.html": 404}
+    for target, code in expected.items():
         status, headers, body = _get(gate.port, target)
-        assert status == 404, (target, status, body)
+        assert status == code, (target, status, body)
         _one_plain_line(headers, body)
     assert _get(gate.port, "/index.html")[0] == 200  # still serving
     log = gate.log()

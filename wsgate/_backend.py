@@ -8,6 +8,7 @@ which HTTP status the client should get (the backend's own refusal status,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -77,6 +78,22 @@ class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc
             return super().processHandshake()
         finally:
             factory.protocols = shared
+
+    def _actuallyStartHandshake(self, request_options: ConnectingRequest) -> None:
+        # Autobahn writes the request head as UTF-8; header text here is the
+        # client's bytes as latin-1 (see _httphead), so obs-text such as
+        # "café" must go back as latin-1 or it arrives double-encoded.
+        self.sendData = self._send_head  # type: ignore[method-assign]
+        try:
+            super()._actuallyStartHandshake(request_options)
+        finally:
+            del self.sendData
+
+    def _send_head(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Text from the config beyond latin-1 stays UTF-8.
+        with contextlib.suppress(UnicodeEncodeError):
+            self.http_request_data = data = data.decode("utf-8").encode("latin-1")
+        super().sendData(data, sync, chopsize)
 
     def onOpen(self) -> None:
         if not self.opened.called:

@@ -8,6 +8,7 @@ disagree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -18,6 +19,17 @@ from wsgate import _deflate
 from wsgate._deflate import DeflatePolicy
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Seconds a client has to send its request head, before it is routed.
+DEFAULT_REQUEST_TIMEOUT = 30.0
+#: TLS 1.2 suites of TLS listeners: Mozilla's "intermediate" profile (ECDHE
+#: or DHE with AES-GCM or ChaCha20-Poly1305; no CBC, no SHA-1 MAC, no RSA key
+#: exchange). TLS 1.3 suites are all AEAD and stay OpenSSL's.
+DEFAULT_TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
 #: Autobahn treats 0 as "no limit" but then inflates compressed frames with
 #: no bound at all, and its zlib errors escape unhandled; a huge finite
 #: limit keeps both guards in place for "max_message_size = 0".
@@ -305,6 +317,42 @@ def parse_remove_headers(value: Any, where: str) -> frozenset[str]:
     return frozenset(_header_name(name, where) for name in _string_list(value, where))
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: Any, where: str) -> tuple[Network, ...]:
+    """Addresses and CIDR networks: an array, or one string of them separated by commas."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    networks = []
+    for text in _string_list(value, where):
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {text!r} is not an IP address or network "
+                '(e.g. "10.0.0.0/8", "192.0.2.1" or "::1")'
+            ) from None
+    return tuple(networks)
+
+
+def parse_tls_ciphers(value: Any, where: str) -> str:
+    """An OpenSSL cipher string that names at least one TLS 1.2 suite."""
+    from OpenSSL import SSL
+
+    if isinstance(value, str) and value.isascii() and value.strip():
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii"))
+        except SSL.Error:
+            pass
+        else:
+            return value
+    raise ConfigError(
+        f"{where}: {value!r} names no TLS 1.2 cipher suite OpenSSL knows; expected an "
+        'OpenSSL cipher string, e.g. "ECDHE+AESGCM:ECDHE+CHACHA20"'
+    )
+
+
 def parse_balance(value: Any, where: str) -> str:
     if value not in ("round-robin", "least-connections"):
         raise ConfigError(
@@ -551,6 +599,10 @@ class Listener:
     web: str | None = None  # a directory served to plain HTTP requests
     web_index: str | None = None  # the file "/" (and directories) serve
     web_follow_symlinks: bool = False  # serve files whose real path is outside ``web``
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: Peers whose X-Forwarded-*/Forwarded headers are kept (and appended to).
+    trust_forwarded_from: tuple[Network, ...] = ()
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS  # OpenSSL cipher string, TLS 1.2
 
 
 @dataclass(frozen=True, slots=True)

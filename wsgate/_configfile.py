@@ -15,17 +15,23 @@ from typing import Any
 
 from wsgate import _routing
 from wsgate._config import (
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TLS_CIPHERS,
     SETTINGS,
     SETTINGS_BY_KEY,
     CertificateFile,
     Config,
     ConfigError,
     Listener,
+    Network,
     Route,
     RouteSettings,
     apply_settings,
     parse_backend,
     parse_bool,
+    parse_networks,
+    parse_seconds,
+    parse_tls_ciphers,
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
@@ -39,6 +45,9 @@ _LISTENER_KEYS = (
     "web",
     "web_index",
     "web_follow_symlinks",
+    "request_timeout",
+    "trust_forwarded_from",
+    "tls_ciphers",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
@@ -100,6 +109,31 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "false",
         "Serve files through symbolic links that lead outside ``web``; by default "
         "such files are answered with 404.",
+    ),
+    (
+        "request_timeout",
+        "30",
+        "Seconds a client has to send its whole request head (before it is routed); then "
+        "the connection is closed. CLI: ``--request-timeout``.",
+    ),
+    (
+        "trust_forwarded_from",
+        "[]",
+        "Addresses and networks (``10.0.0.0/8``) of proxies in front of wsgate: only from "
+        "these peers are X-Forwarded-For, Forwarded, X-Forwarded-Proto and "
+        "X-Forwarded-Host kept (wsgate appends its own); from any other peer they are "
+        "dropped. Behind a ``haproxy:`` endpoint the peer is the PROXY header's address. "
+        "CLI: ``--trust-forwarded-from``.",
+    ),
+    (
+        "tls_ciphers",
+        "(intermediate)",
+        "TLS 1.2 cipher suites of a TLS listener (``certificates``, or an ``ssl:`` "
+        "endpoint), as an OpenSSL cipher string. The default is Mozilla's "
+        '"intermediate" profile: ECDHE/DHE with AES-GCM or ChaCha20-Poly1305, no CBC or '
+        "SHA-1 suites. TLS 1.3 suites are OpenSSL's. Twisted's ``tls:`` endpoint keeps "
+        "Twisted's own list. A reload applies a change to ``certificates`` listeners; an "
+        "``ssl:`` endpoint takes it at restart. CLI: ``--tls-ciphers``.",
     ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
@@ -291,6 +325,28 @@ class _FileReader:
         web_index = self._string(table, raw, "web_index")
         fail_when_degraded = self._flag(table, raw, "health_fail_when_degraded")
         follow_symlinks = self._flag(table, raw, "web_follow_symlinks")
+        request_timeout = DEFAULT_REQUEST_TIMEOUT
+        if "request_timeout" in raw:
+            try:
+                request_timeout = parse_seconds(
+                    raw["request_timeout"], self._at(table, "request_timeout")
+                )
+            except ConfigError as e:
+                self.errors.append(str(e))
+        trust: tuple[Network, ...] = ()
+        if "trust_forwarded_from" in raw:
+            try:
+                trust = parse_networks(
+                    raw["trust_forwarded_from"], self._at(table, "trust_forwarded_from")
+                )
+            except ConfigError as e:
+                self.errors.append(str(e))
+        tls_ciphers = DEFAULT_TLS_CIPHERS
+        if "tls_ciphers" in raw:
+            try:
+                tls_ciphers = parse_tls_ciphers(raw["tls_ciphers"], self._at(table, "tls_ciphers"))
+            except ConfigError as e:
+                self.errors.append(str(e))
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -303,6 +359,9 @@ class _FileReader:
             web=web,
             web_index=web_index,
             web_follow_symlinks=follow_symlinks,
+            request_timeout=request_timeout,
+            trust_forwarded_from=trust,
+            tls_ciphers=tls_ciphers,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -500,7 +559,7 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         from wsgate._sni import TlsSetupError, load_sni_creator
 
         try:
-            load_sni_creator(listener.certificates)
+            load_sni_creator(listener.certificates, listener.tls_ciphers)
         except TlsSetupError as e:
             errors.append(f"{where}: certificates: {e}")
     if listener.health is not None and _routing.check_prefix(listener.health):

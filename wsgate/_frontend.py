@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import parseHttpHeader
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
@@ -23,13 +22,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgate import _deflate, _headers, _web
+from wsgate import _deflate, _headers, _httphead, _web
 from wsgate._backend import BackendError
 from wsgate._closecodes import Side
 from wsgate._config import AnyBackend, Listener, Route, RouteSettings, StreamBackend
 from wsgate._pool import BackendPool
 from wsgate._relay import Relay
-from wsgate._routing import Router, normalize_host, rewrite_path
+from wsgate._routing import Router, normalize_host, normalize_path, rewrite_path
 from wsgate._tcpleg import StreamLeg
 from wsgate._tokens import TokenFile
 from wsgate._wsleg import RelayedLeg, leg_options
@@ -55,8 +54,6 @@ _REASONS = {
 
 #: Longest request head read before it is refused with 431.
 _MAX_REQUEST_HEAD = 64 * 1024
-#: Seconds a client has to send its request head, before it is routed.
-_REQUEST_TIMEOUT = 30.0
 #: Retry-After of a 503 for a local shortage (out of file descriptors): soon
 #: enough for a browser's reconnect, long enough for connections to close.
 _RETRY_AFTER = 2
@@ -187,6 +184,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _binary_only: bool = False  # a stream backend without base64: text is refused
     _connecting: defer.Deferred[Any] | None = None
     _request: ConnectionRequest | None = None
+    _head: _httphead.Head | None = None  # checked: what is routed on and forwarded
+    _route_path = "/"  # normalised: what the route is chosen on and the backend gets
     _live: LiveRoute | None = None
     _chosen: AnyBackend | None = None
     _routed: bool = False
@@ -194,6 +193,12 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
     _retry_after: int | None = None  # seconds, on a 503 for a local shortage
 
     # -- routing, before Autobahn looks at the request --------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The listener's request-head deadline, on our clock: Autobahn's own
+        # timer rounds down to whole seconds (0.5 s fires at once, 2 s after 1).
+        self._restart_handshake_timer(self.factory.routes.listener.request_timeout)
 
     def processHandshake(self) -> Any:
         if self._routed:
@@ -203,18 +208,23 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             if len(self.data) > _MAX_REQUEST_HEAD:
                 self._routed = True
                 return self.failHandshake("request headers too large", 431)
+            try:
+                _httphead.check_partial(self.data)  # a bare LF is answered at once
+            except _httphead.HeadError as e:
+                self._routed = True
+                return self.failHandshake(str(e), 400)
             return None
         self._routed = True
         if end > _MAX_REQUEST_HEAD:
             return self.failHandshake("request headers too large", 431)
         try:
-            status_line, headers, _ = parseHttpHeader(self.data[: end + 4])
-            _method, target, _version = status_line.split()
-            parts = urlsplit(target)
-        except ValueError:
-            return super().processHandshake()  # Autobahn answers 400
+            parts = self._check_head(end)
+        except ValueError as e:
+            return self.failHandshake(str(e), 400)
         routes = self.factory.routes
         listener = routes.listener
+        assert self._head is not None
+        headers = self._head.headers()
         host = normalize_host(headers.get("host"))
         if listener.health is not None and parts.path == listener.health:
             return self._respond(*routes.health(), "application/json")
@@ -222,7 +232,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             return self._redirect(listener.redirect, host, parts)
         if listener.web is not None and not _web.is_upgrade(headers):
             return self._serve_web()
-        live = routes.router.match(host, parts.path)
+        live = routes.router.match(host, self._route_path)
         if live is None:
             where = (host or "") + parts.path
             return self.failHandshake(f"no route for {where}", 404)
@@ -235,6 +245,19 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         budget = tries * (settings.connect_timeout + settings.handshake_timeout)
         self._restart_handshake_timer(budget + 5)
         return super().processHandshake()
+
+    def _check_head(self, end: int) -> SplitResult:
+        """Check the head's bytes and normalise its path (``ValueError``: 400).
+
+        Autobahn then parses a copy whose obs-text cannot start a line; what
+        wsgate routes on and forwards is this parse.
+        """
+        head = _httphead.parse_head(self.data[: end + 4])
+        parts = urlsplit(head.target)
+        self._route_path = normalize_path(parts.path or "/")
+        self._head = head
+        self.data = _httphead.autobahn_safe(self.data[: end + 4]) + self.data[end + 4 :]
+        return parts._replace(path=self._route_path)
 
     def _serve_web(self) -> None:
         call = getattr(self, "openHandshakeTimeoutCall", None)
@@ -296,7 +319,9 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         live = self._live
         assert live is not None
         settings = live.route.settings
-        origin = request.headers.get("origin")
+        assert self._head is not None
+        request_headers = self._head.headers()
+        origin = request_headers.get("origin")
         if not _headers.origin_allowed(settings.origins, origin):
             raise ConnectionDeny(403, f"origin {origin!r} is not allowed")
         protocols = _headers.join_subprotocols(request.protocols)
@@ -316,17 +341,19 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             self.perMessageCompressionAccept = _deflate.server_accept(settings.client_deflate, hint)
         peer = self.transport.getPeer()
         client = _headers.ClientRequest(
-            headers=request.headers,
+            headers=request_headers,
             peer_host=getattr(peer, "host", None),
             secure=ISSLTransport.providedBy(self.transport),
+            trusted=_headers.peer_trusted(
+                self.factory.routes.listener.trust_forwarded_from, getattr(peer, "host", None)
+            ),
         )
         headers = _headers.backend_headers(client)
         for name in settings.remove_headers:
             headers.pop(name, None)
-        headers.update(settings.add_headers)
-        path, _, query = self.http_request_uri.partition("?")
-        path = urlsplit(path).path or "/"  # an absolute-form target has its path
-        path = rewrite_path(live.prefix, live.route.rewrite, path)
+        headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
+        query = self._head.target.partition("?")[2]
+        path = rewrite_path(live.prefix, live.route.rewrite, self._route_path)
         connecting = self._connecting = defer.Deferred.fromCoroutine(
             self._open_backend(
                 live,
@@ -335,7 +362,7 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
                 headers=headers,
                 protocols=protocols,
                 origin=origin,
-                useragent=request.headers.get("user-agent"),
+                useragent=request_headers.get("user-agent"),
             )
         )
         # It may fire at once (an unknown token): return this Deferred, not
@@ -520,7 +547,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
             versions=[8, 13],
             webStatus=False,
             **leg_options(defaults),
-            openHandshakeTimeout=_REQUEST_TIMEOUT,
+            openHandshakeTimeout=routes.listener.request_timeout,
             requireMaskedClientFrames=True,
             maskServerFrames=False,
             allowedOrigins=["*"],
@@ -535,7 +562,7 @@ class FrontendFactory(WebSocketServerFactory):  # type: ignore[misc]
     def request_timeout(self) -> float:
         """Seconds a client has to send a request head: the WebSocket upgrade's
         and each plain HTTP request's on a ``web`` listener."""
-        return _REQUEST_TIMEOUT
+        return self.routes.listener.request_timeout
 
     def web_site(self) -> Any:
         """The static site of the listener's ``web`` directory (rebuilt on reloads)."""

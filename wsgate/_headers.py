@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from wsgate._config import Network
+
 #: Never forwarded: hop-by-hop (RFC 9110 7.6.1), the WebSocket handshake's
 #: own headers (each leg makes its own), and those the backend leg sets itself.
 _NOT_FORWARDED = frozenset(
@@ -54,6 +56,10 @@ class ClientRequest:
     headers: Mapping[str, str]  # lower-case names, as Autobahn parses them
     peer_host: str | None  # the client's IP address, None for a unix socket
     secure: bool  # the client leg is TLS
+    #: The peer is a proxy in ``trust_forwarded_from``: its X-Forwarded-* and
+    #: Forwarded are kept. From anyone else they are dropped, or a client
+    #: could name any address it likes.
+    trusted: bool = False
 
 
 def backend_headers(request: ClientRequest) -> dict[str, str]:
@@ -61,7 +67,7 @@ def backend_headers(request: ClientRequest) -> dict[str, str]:
 
     Adds X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239), appending
     to what an earlier proxy sent, as nginx's ``$proxy_add_x_forwarded_for``
-    does.
+    does, when that proxy is trusted.
     """
     named_in_connection = {
         token.strip().lower()
@@ -75,8 +81,9 @@ def backend_headers(request: ClientRequest) -> dict[str, str]:
     }
     proto = "https" if request.secure else "http"
     host = request.headers.get("host", "")
+    earlier = request.headers if request.trusted else {}
     if request.peer_host:
-        out["x-forwarded-for"] = _append(request.headers.get("x-forwarded-for"), request.peer_host)
+        out["x-forwarded-for"] = _append(earlier.get("x-forwarded-for"), request.peer_host)
     out["x-forwarded-proto"] = proto
     if host:
         out["x-forwarded-host"] = host
@@ -89,8 +96,29 @@ def backend_headers(request: ClientRequest) -> dict[str, str]:
         )
         if part
     )
-    out["forwarded"] = _append(request.headers.get("forwarded"), element)
+    out["forwarded"] = _append(earlier.get("forwarded"), element)
     return out
+
+
+def as_latin1(value: str) -> str:
+    """A configured value as header text: its UTF-8 bytes, one character each.
+
+    Header text here is latin-1 (a client's bytes exactly, see ``_httphead``)
+    and the backend leg writes it back as latin-1.
+    """
+    return value.encode("utf-8").decode("latin-1")
+
+
+def peer_trusted(networks: Iterable[Network], peer_host: str | None) -> bool:
+    """Whether a peer's address is in ``trust_forwarded_from``."""
+    if peer_host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer_host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.0.0.1 on a dual-stack socket
+    return any(address in net or (mapped is not None and mapped in net) for net in networks)
 
 
 def client_response_headers(raw_response: bytes) -> dict[str, list[str]]:

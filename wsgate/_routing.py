@@ -24,6 +24,7 @@ __all__ = [
     "host_specificity",
     "normalize_host",
     "normalize_host_pattern",
+    "normalize_path",
     "prefix_matches",
     "rewrite_path",
 ]
@@ -200,6 +201,55 @@ def prefix_matches(prefix: str, path: str) -> bool:
     if not path.startswith(prefix):
         return False
     return prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] == "/"
+
+
+#: Percent-escapes of RFC 3986 unreserved characters, decoded before routing.
+_ESCAPE = re.compile(r"%(..)?")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str:
+    """The path a route is chosen on and the backend gets, as nginx makes it
+    before choosing a location: escaped unreserved characters decoded
+    (``%61`` is ``a``, ``%2e`` is ``.``), ``//`` merged, ``.`` and ``..``
+    segments removed (RFC 3986 5.2.4). Otherwise ``/app/x/../admin`` would
+    reach ``/app``'s route and skip ``/app/admin``'s Origin check.
+
+    Raises ``ValueError`` (the reason for a 400) for a path that climbs above
+    ``/``, an encoded ``/`` or NUL (the backend may decode them after the
+    route was chosen), a malformed escape, or a path not starting with ``/``.
+    """
+    if not path.startswith("/"):
+        raise ValueError("path does not start with '/'")
+    if "\0" in path:
+        raise ValueError("NUL in path")
+    decoded = _ESCAPE.sub(_decode_unreserved, path)
+    segments = re.sub("/{2,}", "/", decoded).split("/")[1:]
+    out: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if not out:
+                raise ValueError("path climbs above '/'")
+            out.pop()
+        elif segment != ".":
+            out.append(segment)
+    # A trailing "." or ".." names the directory: keep its slash.
+    if segments[-1] in (".", ".."):
+        out.append("")
+    return "/" + "/".join(out)
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    digits = match.group(1)
+    if digits is None or not set(digits) <= _HEX:
+        raise ValueError("malformed percent-escape in path")
+    char = chr(int(digits, 16))
+    if char == "/":
+        raise ValueError("encoded '/' (%2F) in path")
+    if char == "\0":
+        raise ValueError("NUL (%00) in path")
+    return char if char in _UNRESERVED else "%" + digits
 
 
 def rewrite_path(prefix: str, replacement: str | None, path: str) -> str:

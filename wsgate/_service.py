@@ -39,6 +39,7 @@ from wsgate._frontend import FrontendFactory, ListenerRoutes, LiveRoute
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
 from wsgate._tcpleg import StreamConnector
+from wsgate._tls import restrict_ciphers
 
 _log = Logger(namespace="wsgate")
 
@@ -140,10 +141,11 @@ class Gateway(service.MultiService):
         if listener.certificates:
             from wsgate._sni import load_sni_creator
 
-            certificates = load_sni_creator(listener.certificates)
+            certificates = load_sni_creator(listener.certificates, listener.tls_ciphers)
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        restrict_ciphers(endpoint, listener.tls_ciphers)
         listening = _Listener(endpoint, door)
         listening.setName(listener.endpoint)
         opened = _Open(listener, listening, door, factory, sni)
@@ -276,6 +278,7 @@ class Gateway(service.MultiService):
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        restrict_ciphers(endpoint, listener.tls_ciphers)
         port = _limits.throttle_accept_log(await endpoint.listen(door))
         return _Open(listener, _Bound(port), door, factory, sni)
 
@@ -300,7 +303,7 @@ def _load_certificates(listener: Listener) -> Any:
     from wsgate._sni import TlsSetupError, load_sni_creator
 
     try:
-        return load_sni_creator(listener.certificates)
+        return load_sni_creator(listener.certificates, listener.tls_ciphers)
     except TlsSetupError as e:
         raise ConfigError(f"{listener.name}: certificates: {e}") from None
 

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from wsgate._config import ConfigError
+from wsgate._config import DEFAULT_TLS_CIPHERS, ConfigError
 
 __all__ = [
     "CertificateSource",
@@ -129,7 +129,9 @@ class SniCreator:
         return site or self._default
 
 
-def load_sni_creator(certificates: Sequence[CertificateSource]) -> SniCreator:
+def load_sni_creator(
+    certificates: Sequence[CertificateSource], ciphers: str = DEFAULT_TLS_CIPHERS
+) -> SniCreator:
     """Read and check every file now, so mistakes surface before listening.
 
     The first certificate is the default. Exact names beat wildcards; for the
@@ -147,7 +149,7 @@ def load_sni_creator(certificates: Sequence[CertificateSource]) -> SniCreator:
                 "or subject CN), so no client could reach it; only the first certificate "
                 "(the default) may be nameless"
             )
-        sites.append((_Site(files.cert, _context(files, chain, key)), names))
+        sites.append((_Site(files.cert, _context(files, chain, key, ciphers)), names))
     exact: dict[str, _Site] = {}
     wildcard: dict[str, _Site] = {}
     for site, names in sites:
@@ -187,13 +189,17 @@ _Key = (
 )
 
 
-def _context(files: CertificateSource, chain: list[x509.Certificate], key: _Key) -> SSL.Context:
-    """Twisted's choice of versions, ciphers and sessions, plus ALPN and this certificate.
+def _context(
+    files: CertificateSource, chain: list[x509.Certificate], key: _Key, ciphers: str
+) -> SSL.Context:
+    """Twisted's choice of versions and sessions, plus ALPN, the listener's
+    TLS 1.2 ciphers (Twisted's would allow CBC-SHA1) and this certificate.
 
     The certificate goes in as cryptography objects: pyOpenSSL (24.3+) deprecates
     its own X509 and PKey, which ``CertificateOptions(certificate=...)`` needs.
     """
     context = ssl.CertificateOptions(acceptableProtocols=_ALPN).getContext()
+    context.set_cipher_list(ciphers.encode("ascii"))
     try:
         context.use_certificate(chain[0])
         context.use_privatekey(key)

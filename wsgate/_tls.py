@@ -60,6 +60,22 @@ class _Unverified:
         return connection
 
 
+def restrict_ciphers(endpoint: Any, ciphers: str) -> None:
+    """Give an ``ssl:`` (or ``haproxy:ssl:``) listening endpoint our TLS 1.2 ciphers.
+
+    Twisted's ``ssl:`` parser takes no cipher option and its defaults allow
+    CBC-SHA1 suites; its ``CertificateOptions`` makes one context for every
+    connection, so setting the list on that context before listening covers
+    them all. Other endpoints are left as they are.
+    """
+    while endpoint is not None:
+        options = getattr(endpoint, "_sslContextFactory", None)
+        if options is not None and hasattr(options, "getContext"):
+            options.getContext().set_cipher_list(ciphers.encode("ascii"))
+            return
+        endpoint = getattr(endpoint, "_wrappedEndpoint", None)
+
+
 def is_tls_error(exc: BaseException) -> bool:
     return isinstance(exc, SSL.Error) or type(exc).__name__ == "VerificationError"
 

@@ -10,6 +10,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from wsgate._config import (
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TLS_CIPHERS,
     SETTINGS,
     Config,
     ConfigError,
@@ -18,6 +20,9 @@ from wsgate._config import (
     RouteSettings,
     apply_settings,
     parse_backend,
+    parse_networks,
+    parse_seconds,
+    parse_tls_ciphers,
 )
 
 
@@ -78,6 +83,26 @@ class Options(usage.Options):
             "Directory served to plain HTTP requests on the same port (e.g. noVNC's files).",
         ],
         ["web-index", None, None, "File a directory request serves (e.g. vnc.html)."],
+        [
+            "request-timeout",
+            None,
+            None,
+            "Seconds a client has to send its request head, on every --listen. Default: 30.",
+        ],
+        [
+            "trust-forwarded-from",
+            None,
+            None,
+            "Addresses/networks (comma-separated, e.g. 10.0.0.0/8,::1) whose X-Forwarded-* "
+            "and Forwarded headers are kept; from other peers they are dropped. Default: none.",
+        ],
+        [
+            "tls-ciphers",
+            None,
+            None,
+            "TLS 1.2 cipher suites of ssl: listeners (an OpenSSL cipher string). "
+            "Default: Mozilla's intermediate profile (no CBC or SHA-1 suites).",
+        ],
         *_setting_options(),
     ]
 
@@ -150,6 +175,9 @@ class Options(usage.Options):
                 "web",
                 "web-index",
                 "web-follow-symlinks",
+                "request-timeout",
+                "trust-forwarded-from",
+                "tls-ciphers",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -219,6 +247,13 @@ class Options(usage.Options):
         web = os.path.abspath(self["web"]) if self["web"] else None
         if self["web-follow-symlinks"] and web is None:
             raise ConfigError("--web-follow-symlinks needs --web DIRECTORY")
+        request_timeout = DEFAULT_REQUEST_TIMEOUT
+        if self["request-timeout"] is not None:
+            request_timeout = parse_seconds(self["request-timeout"], "--request-timeout")
+        trust = parse_networks(self["trust-forwarded-from"] or [], "--trust-forwarded-from")
+        ciphers = DEFAULT_TLS_CIPHERS
+        if self["tls-ciphers"] is not None:
+            ciphers = parse_tls_ciphers(self["tls-ciphers"], "--tls-ciphers")
         config = Config(
             listeners=tuple(
                 Listener(
@@ -227,6 +262,9 @@ class Options(usage.Options):
                     web=web,
                     web_index=self["web-index"],
                     web_follow_symlinks=bool(self["web-follow-symlinks"]),
+                    request_timeout=request_timeout,
+                    trust_forwarded_from=trust,
+                    tls_ciphers=ciphers,
                 )
                 for e in listen
             ),

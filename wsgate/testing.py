@@ -135,14 +135,19 @@ def make_tls_files(
     directory: Path,
     names: Sequence[str] = ("localhost", "127.0.0.1"),
     ca_name: str = "wsgate test CA",
+    key_type: str = "ec",
 ) -> TlsFiles:
-    """A throw-away CA and a server certificate it signed for ``names``."""
+    """A throw-away CA and a server certificate it signed for ``names``.
+
+    The server key is P-256 (``key_type="ec"``) or RSA 2048 (``"rsa"``): TLS
+    1.2 suites are per key type (ECDHE-ECDSA-* or ECDHE-RSA-*).
+    """
     import base64
     import hashlib
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,11 @@ def make_tls_files(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     for name in names:
         try:
