@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import os
 import pprint
+import select
 import socket
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
 from autobahn.nvx._utf8validator import Utf8Validator as NativeValidator
 from autobahn.nvx._xormasker import create_xor_masker as native_masker
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import error, protocol, ssl
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.protocols import tls
+from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from wsgate import _speedups
+from wsgate.testing import TlsFiles
+
+
+def _close(reactor: EPollReactor) -> None:
+    """Free a private reactor's descriptors (it was never installed nor run)."""
+    for selectable in reactor.removeAll():
+        selectable.connectionLost(Failure(error.ConnectionDone()))  # type: ignore[attr-defined]
+    reactor.waker.connectionLost(None)  # type: ignore[union-attr]
+    reactor._poller.close()  # type: ignore[attr-defined]
 
 
 def _installed() -> tuple[object, object]:
@@ -67,10 +87,146 @@ def test_validator_accepts_utf8(text: str) -> None:
     assert valid and ends_on_code_point
 
 
-def test_write_to_anything_but_plain_tcp_is_the_transport_s_own() -> None:
-    transport = StringTransport()
-    _speedups.write(transport, b"frame")
-    assert transport.value() == b"frame"
+# -- the direct write, on real TCP connections ----------------------------------
+
+
+class _Peer(protocol.Protocol):
+    """One end of a test connection: keeps what it reads and how it ended."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost = reason
+
+
+@implementer(IHandshakeListener)
+class _TlsPeer(_Peer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshaken = False
+
+    def handshakeCompleted(self) -> None:
+        self.handshaken = True
+
+
+class _Net:
+    """A private epoll reactor (never installed: the test drives it) and TCP
+    connections over 127.0.0.1 made on it."""
+
+    def __init__(self) -> None:
+        self.reactor = EPollReactor()
+        self.servers: list[_Peer] = []
+        self._ports: list[Any] = []
+
+    def connect(
+        self,
+        peer: type[_Peer] = _Peer,
+        rcvbuf: int | None = None,
+        server_tls: Any = None,
+    ) -> tuple[_Peer, _Peer]:
+        """A (client, server) pair; ``rcvbuf`` shrinks the server's receive
+        window before the handshake."""
+        factory = protocol.Factory.forProtocol(peer)
+        factory.buildProtocol = self._keep(factory.buildProtocol)  # type: ignore[method-assign]
+        wrapped = (
+            tls.TLSMemoryBIOFactory(server_tls, False, factory, self.reactor)
+            if server_tls
+            else factory
+        )
+        port = self.reactor.listenTCP(0, wrapped, interface="127.0.0.1")
+        self._ports.append(port)
+        if rcvbuf:
+            port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        client = peer()
+        done = protocol.ClientCreator(self.reactor, lambda: client)
+        d = done.connectTCP("127.0.0.1", port.getHost().port)
+        connected: list[object] = []
+        d.addBoth(connected.append)
+        self.run_until(lambda: bool(connected and self.servers))
+        assert connected[0] is client, connected
+        return client, self.servers.pop()
+
+    def _keep(self, build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def keep(addr: Any) -> Any:
+            p = build(addr)
+            self.servers.append(p)
+            return p
+
+        return keep
+
+    def run_until(self, done: Callable[[], bool], turns: int = 2000) -> None:
+        """Turn the reactor until ``done()``: each turn waits at most 10 ms for
+        I/O, so this gives up after about 20 s."""
+        for _ in range(turns):
+            if done():
+                return
+            self.reactor.iterate(0.01)
+        assert done(), "the reactor never got there"
+
+    def close(self) -> None:
+        for port in self._ports:
+            port.stopListening()
+        self.reactor.runUntilCurrent()  # the ports close their sockets
+        _close(self.reactor)
+
+
+@pytest.fixture
+def net() -> Iterator[_Net]:
+    n = _Net()
+    yield n
+    n.close()
+
+
+def _pattern(size: int, seed: int) -> bytes:
+    """Bytes whose every 4-byte word says where it is: a reordering shows."""
+    return b"".join(struct.pack(">HH", seed, i & 0xFFFF) for i in range(size // 4))
+
+
+def _queued(transport: Any) -> bool:
+    return transport in transport.reactor.getWriters()  # type: ignore[no-any-return]
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 5)[0])
+
+
+def test_tls_never_takes_the_direct_write(
+    net: _Net, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TCP transport that started TLS, and a TLS wrapper: what is written
+    arrives through TLS (a byte in clear would break the peer's TLS)."""
+    # startTLS gives its TLS layer the global reactor as the clock it flushes
+    # writes with (callLater(0)), and has no argument for another one.
+    monkeypatch.setattr(tls, "_get_default_clock", lambda: net.reactor)
+    server_tls = ssl.PrivateCertificate.loadPEM(tls_files.combined.read_text()).options()
+    ca = ssl.Certificate.loadPEM(tls_files.ca_cert.read_text())
+    client, server = net.connect(peer=_TlsPeer, server_tls=server_tls)
+    transport: Any = client.transport
+    transport.startTLS(ssl.optionsForClientTLS("localhost", trustRoot=ca))
+    assert transport.TLS and type(transport) in _speedups._TCP
+    assert isinstance(client, _TlsPeer) and isinstance(server, _TlsPeer)
+    net.run_until(lambda: client.handshaken and server.handshaken and not _queued(transport))
+    _speedups.write(transport, b"from the client")
+    _speedups.write(server.transport, b"from the server")
+    net.run_until(
+        lambda: bool(client.received and server.received) or bool(client.lost or server.lost)
+    )
+    assert client.lost is None and server.lost is None, (client.lost, server.lost)
+    assert server.received == b"from the client" and client.received == b"from the server"
+
+
+def test_wrappers_and_doubles_keep_their_own_write() -> None:
+    inner = StringTransport()
+    wrapper = HAProxyWrappingFactory(protocol.Factory.forProtocol(_Peer)).buildProtocol(None)
+    wrapper.makeConnection(inner)
+    for transport, seen in ((StringTransport(), None), (wrapper, inner)):
+        _speedups.write(transport, b"frame")
+        assert (seen or transport).value() == b"frame"  # type: ignore[attr-defined]
 
 
 class _Reader:

@@ -3,7 +3,10 @@
 - ``write``: send at once when a TCP transport's buffer is empty, instead of
   buffering until the reactor's next turn; this saves two ``epoll_ctl`` calls
   and a ``doWrite`` per message and leg. Anything not sent is buffered as
-  usual, so backpressure is unchanged.
+  usual, so backpressure is unchanged. Only on exactly ``tcp.Server`` /
+  ``tcp.Client`` without TLS: past a TLS layer (started with ``startTLS``, or
+  a ``TLSMemoryBIOProtocol``) the bytes would leave in clear, and a wrapper
+  (the PROXY protocol's, a test double) keeps its own ``write``.
 - ``install``: Autobahn's native (NVX, CFFI) masker costs ~9 us to set up per
   frame and its UTF-8 validator ~2 us per call; wsaccel's (Cython) cost
   ~1.3 us and ~0.5 us. NVX masks big frames faster, so frames up to
@@ -36,6 +39,7 @@ def write(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sending at once when nothing is queued."""
     if (
         type(transport) in _TCP
+        and not transport.TLS
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
