@@ -195,6 +195,107 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 5)[0])
 
 
+def test_the_direct_write_sends_at_once(net: _Net) -> None:
+    client, server = net.connect()
+    assert client.transport is not None and server.transport is not None
+    _speedups.write(client.transport, b"hello")
+    # Sent before the reactor's next turn: on the server's socket already.
+    assert not _queued(client.transport)
+    sock = server.transport.getHandle()
+    assert _readable(sock) and sock.recv(100, socket.MSG_PEEK) == b"hello"
+    net.run_until(lambda: bool(server.received))
+    assert server.received == b"hello"
+
+
+def test_a_partial_send_queues_the_rest_in_order(net: _Net) -> None:
+    """A peer that does not read: ``send`` takes part, the rest and everything
+    after it is queued behind it, and all arrives in order."""
+    client, server = net.connect(rcvbuf=4096)
+    transport: Any = client.transport
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server.transport.pauseProducing()  # type: ignore[union-attr]
+    first = _pattern(_speedups._SEND_LIMIT, 1)  # the largest the direct write takes
+    _speedups.write(transport, first)
+    sock = server.transport.getHandle()  # type: ignore[union-attr]
+    # Part went out at once, the rest waits in the transport.
+    assert _readable(sock)
+    assert 0 < len(sock.recv(len(first), socket.MSG_PEEK)) < len(first)
+    assert _queued(transport)
+    later = [_pattern(1000, 2), _pattern(60_000, 3), _pattern(40, 4)]
+    for data in later:
+        _speedups.write(transport, data)
+    server.transport.resumeProducing()  # type: ignore[union-attr]
+    everything = first + b"".join(later)
+    net.run_until(lambda: len(server.received) >= len(everything))
+    assert server.received == everything
+    # Drained: the next write goes out at once again.
+    net.run_until(lambda: not _queued(transport))
+    _speedups.write(transport, b"last")
+    assert not _queued(transport)
+    net.run_until(lambda: server.received.endswith(b"last"))
+    assert server.received == everything + b"last"
+
+
+def test_ordering_with_data_twisted_already_holds(net: _Net) -> None:
+    """Data in either of the transport's buffers (the list ``write`` appends to,
+    the bytes ``doWrite`` is part way through) goes out before new data."""
+    client, server = net.connect(rcvbuf=4096)
+    transport: Any = client.transport
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    # 1. Queued by Twisted's own write, not yet handed to doWrite.
+    transport.write(_pattern(200_000, 1))
+    _speedups.write(transport, _pattern(100, 2))
+    # 2. doWrite part way through its buffer (Twisted's private state, read
+    # only to set the scene).
+    net.run_until(lambda: 0 < transport.offset < len(transport.dataBuffer))
+    server.transport.pauseProducing()  # type: ignore[union-attr]
+    assert not transport._tempDataBuffer and transport.offset < len(transport.dataBuffer)
+    _speedups.write(transport, _pattern(100, 3))
+    server.transport.resumeProducing()  # type: ignore[union-attr]
+    everything = _pattern(200_000, 1) + _pattern(100, 2) + _pattern(100, 3)
+    net.run_until(lambda: len(server.received) >= len(everything))
+    assert server.received == everything
+
+
+def _reset_arrived(sock: socket.socket) -> bool:
+    """Whether the peer's RST has arrived (POLLHUP: both directions are shut)."""
+    poller = select.poll()
+    poller.register(sock, 0)  # POLLERR and POLLHUP are always reported
+    return bool(poller.poll(5000))
+
+
+@pytest.mark.parametrize("writer", ["speedups", "twisted"])
+@pytest.mark.parametrize("peer_end", ["reset", "close"])
+def test_a_dead_peer_ends_the_connection_as_twisted_s_write_does(
+    net: _Net, writer: str, peer_end: str
+) -> None:
+    """A peer that reset the connection (so ``send`` fails with ECONNRESET,
+    then EPIPE), or closed it (one write goes out, the next meets the RST it
+    caused): the writes raise nothing, and the connection ends on the
+    reactor's next turn with ConnectionLost, as with Twisted's own write."""
+    client, server = net.connect()
+    transport: Any = client.transport
+    transport.pauseProducing()  # so only the writes can meet the peer's end
+    write = _speedups.write if writer == "speedups" else type(transport).write
+    if peer_end == "reset":
+        server.transport.abortConnection()  # type: ignore[union-attr]
+        net.run_until(lambda: server.lost is not None)
+        assert _reset_arrived(transport.getHandle())
+        write(transport, b"first")
+        write(transport, b"second")
+    else:
+        server.transport.loseConnection()  # type: ignore[union-attr]
+        net.run_until(lambda: server.lost is not None)
+        write(transport, b"first")
+        net.run_until(lambda: not _queued(transport))
+        assert _reset_arrived(transport.getHandle())
+        write(transport, b"second")
+    net.run_until(lambda: client.lost is not None)
+    assert client.lost is not None and client.lost.check(error.ConnectionLost), client.lost
+    assert not transport.connected
+    write(transport, b"after")  # dropped, as Twisted drops it
+
+
 def test_tls_never_takes_the_direct_write(
     net: _Net, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
