@@ -390,12 +390,13 @@ def test_fast_poll_runs_events_and_survives_a_failing_one() -> None:
         reactor._poller.close()
 
 
-def test_autobahn_s_debug_formatting_is_lazy_and_the_same() -> None:
-    from autobahn.websocket import protocol
+def test_autobahn_s_timings_still_print() -> None:
+    """Autobahn's ``Timings.__str__`` returns its module's ``pformat``: that
+    must stay a str with the speed-ups on (it was a lazy object, a TypeError)."""
+    from autobahn.websocket.protocol import Timings
 
     _speedups.install()
-    value = [("applyMask", True, "Factory"), ("maxFramePayloadSize", 0, "Factory")] * 5
-    lazy = protocol.pformat(value)  # type: ignore[attr-defined]
-    assert isinstance(lazy, _speedups.LazyFormat)
-    assert str(lazy) == pprint.pformat(value)
-    assert f"{lazy}" == pprint.pformat(value)
+    timings = Timings()
+    timings.track("onOpen")
+    assert str(timings) == pprint.pformat(timings._timings)
+    assert f"{timings}" == str(timings)

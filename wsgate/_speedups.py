@@ -11,20 +11,21 @@
   frame and its UTF-8 validator ~2 us per call; wsaccel's (Cython) cost
   ~1.3 us and ~0.5 us. NVX masks big frames faster, so frames up to
   ``_SMALL_FRAME`` use wsaccel and bigger ones NVX.
-- ``install`` also makes Autobahn's ``pformat`` lazy: it formats its whole
-  configuration (and a client's transport details) for a debug line on every
-  connection, whether debug is logged or not.
 - ``fast_poll``: the epoll reactor wraps every read and write event in
   ``log.callWithLogger``, which builds a log context (a prefix string and two
   dicts) only legacy ``log.msg`` calls read: 10% of wsgate's CPU per message.
   wsgate logs with ``twisted.logger``; a legacy error logged during an event
   is still logged, with ``-`` as its system.
+
+Not worked around: Autobahn pretty-prints its whole configuration (and a
+client's transport details) for a debug line on every connection, debug
+logged or not. The only handle is its module-global ``pformat``, which its
+``Timings.__str__`` returns too, so replacing it breaks ``str(timings)``.
 """
 
 from __future__ import annotations
 
 import errno
-import pprint
 import types
 from typing import Any
 
@@ -89,25 +90,7 @@ def install() -> None:
 
     protocol.create_xor_masker = create_xor_masker
     protocol.Utf8Validator = Utf8Validator
-    protocol.pformat = LazyFormat
     _installed = True
-
-
-class LazyFormat:
-    """``pprint.pformat(value)``, computed only if the text is asked for."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def __str__(self) -> str:
-        return pprint.pformat(self._value)
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
 
 
 def fast_poll(reactor: Any) -> bool:
