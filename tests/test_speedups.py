@@ -1,4 +1,5 @@
-"""The hot path's shortcuts give the same answers as what they replace."""
+"""The hot path's shortcuts give the same answers as what they replace, and
+turn on only where and when they were meant to."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import select
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import autobahn
 import pytest
 from autobahn.nvx._utf8validator import Utf8Validator as NativeValidator
 from autobahn.nvx._xormasker import create_xor_masker as native_masker
+from autobahn.websocket import protocol as autobahn_protocol
+from autobahn.websocket import utf8validator, xormasker
+from autobahn.websocket.protocol import Timings
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import error, protocol, ssl
@@ -25,8 +31,39 @@ from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+import twisted
 from wsgate import _speedups
-from wsgate.testing import TlsFiles
+from wsgate._service import Gateway
+from wsgate.tap import Options
+from wsgate.testing import TlsFiles, Wsgate
+
+
+@pytest.fixture
+def pristine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a test installs into Autobahn or ``_speedups`` is undone after it."""
+    for name in ("create_xor_masker", "Utf8Validator"):
+        monkeypatch.setattr(autobahn_protocol, name, getattr(autobahn_protocol, name))
+    monkeypatch.setattr(_speedups, "_eager", False)
+
+
+@pytest.fixture
+def eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct write turned on, as ``install`` does on the versions it knows."""
+    monkeypatch.setattr(_speedups, "_eager", True)
+
+
+def _wsgate_lines(events: list[dict[str, Any]]) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events if e.get("log_namespace") == "wsgate"]
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 def _close(reactor: EPollReactor) -> None:
@@ -37,12 +74,7 @@ def _close(reactor: EPollReactor) -> None:
     reactor._poller.close()  # type: ignore[attr-defined]
 
 
-def _installed() -> tuple[object, object]:
-    _speedups.install()
-    from autobahn.websocket import protocol as module
-
-    protocol: object = module
-    return protocol.create_xor_masker, protocol.Utf8Validator  # type: ignore[attr-defined]
+# -- the masker and the validator ------------------------------------------------
 
 
 @given(
@@ -51,9 +83,8 @@ def _installed() -> tuple[object, object]:
     st.integers(min_value=1, max_value=5000),
 )
 def test_masker_matches_autobahn_s_native_one(mask: bytes, length: int, piece: int) -> None:
-    create, _ = _installed()
     payload = os.urandom(length)
-    ours, theirs = create(mask, length), native_masker(mask, length)  # type: ignore[operator]
+    ours, theirs = _speedups._create_xor_masker(mask, length), native_masker(mask, length)
     # Frames arrive in pieces: the mask must carry on across calls.
     for start in range(0, length, piece):
         chunk = payload[start : start + piece]
@@ -62,17 +93,15 @@ def test_masker_matches_autobahn_s_native_one(mask: bytes, length: int, piece: i
 
 
 def test_masker_choice_by_size() -> None:
-    create, _ = _installed()
-    small = create(b"abcd", _speedups._SMALL_FRAME)  # type: ignore[operator]
-    big = create(b"abcd", _speedups._SMALL_FRAME + 1)  # type: ignore[operator]
+    small = _speedups._create_xor_masker(b"abcd", _speedups._SMALL_FRAME)
+    big = _speedups._create_xor_masker(b"abcd", _speedups._SMALL_FRAME + 1)
     assert type(small).__module__.startswith("wsaccel")
     assert not type(big).__module__.startswith("wsaccel")
 
 
 @given(st.lists(st.binary(max_size=40), max_size=6))
 def test_validator_matches_autobahn_s_native_one(pieces: list[bytes]) -> None:
-    _, validator = _installed()
-    ours, theirs = validator(), NativeValidator()  # type: ignore[operator]
+    ours, theirs = _speedups._WsaccelValidator(), NativeValidator()
     for piece in pieces:
         result = ours.validate(piece)
         assert result == theirs.validate(piece)
@@ -82,9 +111,104 @@ def test_validator_matches_autobahn_s_native_one(pieces: list[bytes]) -> None:
 
 @given(st.text(max_size=50))
 def test_validator_accepts_utf8(text: str) -> None:
-    _, validator = _installed()
-    valid, ends_on_code_point, _, _ = validator().validate(text.encode())  # type: ignore[operator]
+    valid, ends_on_code_point, _, _ = _speedups._WsaccelValidator().validate(text.encode())
     assert valid and ends_on_code_point
+
+
+# -- install: where, and on which versions -----------------------------------------
+
+
+def _pretend_versions(monkeypatch: pytest.MonkeyPatch, twisted_v: str, autobahn_v: str) -> None:
+    monkeypatch.setattr(twisted, "__version__", twisted_v)
+    monkeypatch.setattr(autobahn, "__version__", autobahn_v)
+
+
+def test_install_on_the_versions_it_was_written_for(
+    pristine: None, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    want = _speedups._WRITTEN_FOR
+    _pretend_versions(monkeypatch, want["Twisted"], want["Autobahn"])
+    reactor = EPollReactor()
+    try:
+        assert _speedups.install(reactor)
+        assert autobahn_protocol.create_xor_masker is _speedups._create_xor_masker
+        assert autobahn_protocol.Utf8Validator is _speedups._WsaccelValidator
+        assert reactor.doIteration.__func__ is _speedups._do_poll  # type: ignore[attr-defined]
+        assert _speedups._eager
+        assert _wsgate_lines(logged) == [
+            f"speedups: on (Twisted {want['Twisted']}, Autobahn {want['Autobahn']}): eager TCP "
+            "writes, wsaccel masker and UTF-8 validator, epoll events without a log context"
+        ]
+    finally:
+        _close(reactor)
+
+
+@pytest.mark.parametrize(
+    ("twisted_v", "autobahn_v"), [("99.1.0", None), (None, "99.2.0"), ("24.10.0", "26.7.1")]
+)
+def test_install_refuses_other_versions(
+    pristine: None,
+    monkeypatch: pytest.MonkeyPatch,
+    logged: list[dict[str, Any]],
+    twisted_v: str | None,
+    autobahn_v: str | None,
+) -> None:
+    want = _speedups._WRITTEN_FOR
+    found_twisted, found_autobahn = twisted_v or want["Twisted"], autobahn_v or want["Autobahn"]
+    _pretend_versions(monkeypatch, found_twisted, found_autobahn)
+    reactor = EPollReactor()
+    try:
+        assert not _speedups.install(reactor)
+        # Autobahn's own, the reactor's own, Twisted's own write.
+        assert autobahn_protocol.create_xor_masker is xormasker.create_xor_masker
+        assert autobahn_protocol.Utf8Validator is utf8validator.Utf8Validator
+        assert "doIteration" not in vars(reactor)
+        assert not _speedups._eager
+        assert _wsgate_lines(logged) == [
+            f"speedups: off (written for Twisted {want['Twisted']} and Autobahn "
+            f"{want['Autobahn']}, found Twisted {found_twisted} and Autobahn {found_autobahn})"
+        ]
+    finally:
+        _close(reactor)
+
+
+def test_a_gateway_leaves_autobahn_and_its_reactor_alone(pristine: None) -> None:
+    """Building (and starting) a Gateway installs nothing: that is twistd's
+    ``makeService``'s call, so tests and embedders get the plain path."""
+    options = Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--backend", "ws://127.0.0.1:9"])
+    reactor = EPollReactor()
+    try:
+        gateway = Gateway(options["config"], reactor)
+        gateway.startService()
+        gateway.stopService()
+        assert autobahn_protocol.create_xor_masker is xormasker.create_xor_masker
+        assert autobahn_protocol.Utf8Validator is utf8validator.Utf8Validator
+        assert "doIteration" not in vars(reactor)
+        assert not _speedups._eager
+    finally:
+        _close(reactor)
+
+
+def test_twistd_wsgate_says_whether_they_are_on(tmp_path: Path) -> None:
+    found = _speedups._versions()
+    with Wsgate("--backend", "ws://127.0.0.1:9", log_path=tmp_path / "wsgate.log") as gate:
+        pass
+    lines = [line for line in gate.log().splitlines() if "speedups:" in line]
+    expected = "speedups: on (" if found == _speedups._WRITTEN_FOR else "speedups: off ("
+    assert len(lines) == 1 and expected in lines[0], gate.log()
+
+
+def test_autobahn_s_timings_still_print(pristine: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Autobahn's ``Timings.__str__`` returns its module's ``pformat``: that
+    must stay a str with the speed-ups on (it was a lazy object, a TypeError)."""
+    want = _speedups._WRITTEN_FOR
+    _pretend_versions(monkeypatch, want["Twisted"], want["Autobahn"])
+    assert _speedups.install(MemoryReactorClock())
+    timings = Timings()
+    timings.track("onOpen")
+    assert str(timings) == pprint.pformat(timings._timings)
+    assert f"{timings}" == str(timings)
 
 
 # -- the direct write, on real TCP connections ----------------------------------
@@ -195,7 +319,7 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 5)[0])
 
 
-def test_the_direct_write_sends_at_once(net: _Net) -> None:
+def test_the_direct_write_sends_at_once(eager: None, net: _Net) -> None:
     client, server = net.connect()
     assert client.transport is not None and server.transport is not None
     _speedups.write(client.transport, b"hello")
@@ -207,7 +331,16 @@ def test_the_direct_write_sends_at_once(net: _Net) -> None:
     assert server.received == b"hello"
 
 
-def test_a_partial_send_queues_the_rest_in_order(net: _Net) -> None:
+def test_off_it_is_twisted_s_own_write(pristine: None, net: _Net) -> None:
+    client, server = net.connect()
+    assert client.transport is not None
+    _speedups.write(client.transport, b"hello")
+    assert _queued(client.transport)  # sent on the reactor's next turn
+    net.run_until(lambda: bool(server.received))
+    assert server.received == b"hello"
+
+
+def test_a_partial_send_queues_the_rest_in_order(eager: None, net: _Net) -> None:
     """A peer that does not read: ``send`` takes part, the rest and everything
     after it is queued behind it, and all arrives in order."""
     client, server = net.connect(rcvbuf=4096)
@@ -236,7 +369,7 @@ def test_a_partial_send_queues_the_rest_in_order(net: _Net) -> None:
     assert server.received == everything + b"last"
 
 
-def test_ordering_with_data_twisted_already_holds(net: _Net) -> None:
+def test_ordering_with_data_twisted_already_holds(eager: None, net: _Net) -> None:
     """Data in either of the transport's buffers (the list ``write`` appends to,
     the bytes ``doWrite`` is part way through) goes out before new data."""
     client, server = net.connect(rcvbuf=4096)
@@ -267,7 +400,7 @@ def _reset_arrived(sock: socket.socket) -> bool:
 @pytest.mark.parametrize("writer", ["speedups", "twisted"])
 @pytest.mark.parametrize("peer_end", ["reset", "close"])
 def test_a_dead_peer_ends_the_connection_as_twisted_s_write_does(
-    net: _Net, writer: str, peer_end: str
+    eager: None, net: _Net, writer: str, peer_end: str
 ) -> None:
     """A peer that reset the connection (so ``send`` fails with ECONNRESET,
     then EPIPE), or closed it (one write goes out, the next meets the RST it
@@ -297,7 +430,7 @@ def test_a_dead_peer_ends_the_connection_as_twisted_s_write_does(
 
 
 def test_tls_never_takes_the_direct_write(
-    net: _Net, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+    eager: None, net: _Net, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A TCP transport that started TLS, and a TLS wrapper: what is written
     arrives through TLS (a byte in clear would break the peer's TLS)."""
@@ -330,6 +463,9 @@ def test_wrappers_and_doubles_keep_their_own_write() -> None:
         assert (seen or transport).value() == b"frame"  # type: ignore[attr-defined]
 
 
+# -- the epoll loop ---------------------------------------------------------------
+
+
 class _Reader:
     """A selectable for the poll tests: records reads, or fails on them."""
 
@@ -355,14 +491,14 @@ class _Reader:
 
 
 def test_fast_poll_only_for_the_epoll_reactor() -> None:
-    assert not _speedups.fast_poll(MemoryReactorClock())
+    assert not _speedups._fast_poll(MemoryReactorClock())
 
 
 def test_fast_poll_runs_events_and_survives_a_failing_one() -> None:
     reactor = EPollReactor()  # not installed: a private poller of its own
     pairs = [socket.socketpair() for _ in range(2)]
     try:
-        assert _speedups.fast_poll(reactor)
+        assert _speedups._fast_poll(reactor)
         bad, good = _Reader(pairs[0][0], fail=True), _Reader(pairs[1][0])
         reactor.addReader(bad)
         reactor.addReader(good)
@@ -384,19 +520,7 @@ def test_fast_poll_runs_events_and_survives_a_failing_one() -> None:
         assert bad not in reactor.getReaders()
         reactor.doIteration(0)  # nothing pending: returns at once
     finally:
+        _close(reactor)
         for a, b in pairs:
             a.close()
             b.close()
-        reactor._poller.close()
-
-
-def test_autobahn_s_timings_still_print() -> None:
-    """Autobahn's ``Timings.__str__`` returns its module's ``pformat``: that
-    must stay a str with the speed-ups on (it was a lazy object, a TypeError)."""
-    from autobahn.websocket.protocol import Timings
-
-    _speedups.install()
-    timings = Timings()
-    timings.track("onOpen")
-    assert str(timings) == pprint.pformat(timings._timings)
-    assert f"{timings}" == str(timings)
