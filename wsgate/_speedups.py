@@ -1,41 +1,75 @@
 """The hot path's shortcuts, measured in ``benchmarks/`` (see the README there).
 
+They lean on Twisted's and Autobahn's internals, so :func:`install` turns them
+on only for the exact versions they were written and measured against
+(``_WRITTEN_FOR``: after an upgrade, re-run tests/test_speedups.py and the
+benchmarks, then change it), and only where ``twistd wsgate`` makes its
+service. Anything else (a test's ``Gateway`` on a memory reactor, a program
+embedding wsgate, other versions) runs the plain path.
+
 - ``write``: send at once when a TCP transport's buffer is empty, instead of
   buffering until the reactor's next turn; this saves two ``epoll_ctl`` calls
   and a ``doWrite`` per message and leg. Anything not sent is buffered as
-  usual, so backpressure is unchanged.
-- ``install``: Autobahn's native (NVX, CFFI) masker costs ~9 us to set up per
-  frame and its UTF-8 validator ~2 us per call; wsaccel's (Cython) cost
-  ~1.3 us and ~0.5 us. NVX masks big frames faster, so frames up to
-  ``_SMALL_FRAME`` use wsaccel and bigger ones NVX.
-- ``install`` also makes Autobahn's ``pformat`` lazy: it formats its whole
-  configuration (and a client's transport details) for a debug line on every
-  connection, whether debug is logged or not.
-- ``fast_poll``: the epoll reactor wraps every read and write event in
+  usual, so ordering and backpressure are unchanged. Only on exactly
+  ``tcp.Server`` / ``tcp.Client`` without TLS: past a TLS layer (started
+  with ``startTLS``, or a ``TLSMemoryBIOProtocol``) the bytes would leave in
+  clear, and a wrapper (the PROXY protocol's, a test double) keeps its own
+  ``write``.
+- Autobahn's native (NVX, CFFI) masker costs ~9 us to set up per frame and
+  its UTF-8 validator ~2 us per call; wsaccel's (Cython) cost ~1.3 us and
+  ~0.5 us. NVX masks big frames faster, so frames up to ``_SMALL_FRAME`` use
+  wsaccel and bigger ones NVX.
+- ``_do_poll``: the epoll reactor wraps every read and write event in
   ``log.callWithLogger``, which builds a log context (a prefix string and two
   dicts) only legacy ``log.msg`` calls read: 10% of wsgate's CPU per message.
   wsgate logs with ``twisted.logger``; a legacy error logged during an event
   is still logged, with ``-`` as its system.
+
+Not worked around: Autobahn pretty-prints its whole configuration (and a
+client's transport details) for a debug line on every connection, debug
+logged or not. The only handle is its module-global ``pformat``, which its
+``Timings.__str__`` returns too, so replacing it breaks ``str(timings)``.
 """
 
 from __future__ import annotations
 
 import errno
-import pprint
 import types
 from typing import Any
 
+from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
+    create_xor_masker as _native_masker,
+)
 from twisted.internet import tcp
+from twisted.logger import Logger
 from twisted.python import log
+from wsaccel.utf8validator import Utf8Validator as _WsaccelValidator
+from wsaccel.xormask import createXorMasker as _wsaccel_masker
+
+_log = Logger(namespace="wsgate")
+
+#: The versions whose internals this module relies on.
+_WRITTEN_FOR = {"Twisted": "26.10.0", "Autobahn": "26.10.2"}
 
 #: Where wsaccel's per-byte cost overtakes NVX's set-up cost (measured ~6 KiB).
 _SMALL_FRAME = 4096
 
+_SEND_LIMIT = tcp.Connection.SEND_LIMIT
+
+#: Exactly these classes: a subclass or a wrapper keeps its own write.
+_TCP = (tcp.Server, tcp.Client)
+
+#: Whether ``write`` may send at once; set by ``install``.
+_eager = False
+
 
 def write(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending at once when nothing is queued."""
+    """``transport.write(data)``, sending at once when that is safe and nothing
+    is queued."""
     if (
-        type(transport) in _TCP
+        _eager
+        and type(transport) in _TCP
+        and not transport.TLS
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
@@ -47,66 +81,70 @@ def write(transport: Any, data: bytes) -> None:
             # EINTR itself) and the slice it takes for SEND_LIMIT.
             sent = transport.socket.send(data) if len(data) <= _SEND_LIMIT else 0
         except OSError:
-            sent = 0  # EAGAIN, ENOBUFS or a dead socket: write finds out
+            # EAGAIN, ENOBUFS, or a dead socket (EPIPE, ECONNRESET): write
+            # queues the data and doWrite meets the error, as Twisted's own.
+            sent = 0
         if sent < len(data):
             transport.write(data[sent:] if sent else data)
         return
     transport.write(data)
 
 
-_SEND_LIMIT = tcp.Connection.SEND_LIMIT
+def install(reactor: Any) -> bool:
+    """Turn the shortcuts on for ``reactor`` if Twisted and Autobahn are the
+    versions they were written for; log one line either way."""
+    global _eager
+    found = _versions()
+    if found != _WRITTEN_FOR:
+        _log.info(
+            "speedups: off (written for Twisted {want_twisted} and Autobahn {want_autobahn}, "
+            "found Twisted {twisted} and Autobahn {autobahn})",
+            want_twisted=_WRITTEN_FOR["Twisted"],
+            want_autobahn=_WRITTEN_FOR["Autobahn"],
+            twisted=found["Twisted"],
+            autobahn=found["Autobahn"],
+        )
+        return False
+    _fast_masking()
+    on = ["eager TCP writes", "wsaccel masker and UTF-8 validator"]
+    if _fast_poll(reactor):
+        on.append("epoll events without a log context")
+    _eager = True
+    _log.info(
+        "speedups: on (Twisted {twisted}, Autobahn {autobahn}): {on}",
+        twisted=found["Twisted"],
+        autobahn=found["Autobahn"],
+        on=", ".join(on),
+    )
+    return True
 
 
-#: Exactly these classes: a subclass (TLS, a test double) keeps its own write.
-_TCP = (tcp.Server, tcp.Client)
+def _versions() -> dict[str, str]:
+    """The versions actually imported (not what the package metadata says)."""
+    from autobahn import __version__ as autobahn  # type: ignore[attr-defined]
 
-_installed = False
+    from twisted import __version__ as twisted
+
+    return {"Twisted": twisted, "Autobahn": autobahn}
 
 
-def install() -> None:
+def _fast_masking() -> None:
     """Point Autobahn's protocol module at the faster masker and validator."""
-    global _installed
-    if _installed:
-        return
-    try:
-        from wsaccel.utf8validator import Utf8Validator
-        from wsaccel.xormask import createXorMasker
-    except ImportError:  # pragma: no cover - wsaccel is a dependency
-        return
     from autobahn.websocket import protocol as module
 
     protocol: Any = module  # its globals, which mypy sees as private
-    native = protocol.create_xor_masker
-
-    def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
-        if length is not None and length <= _SMALL_FRAME:
-            return createXorMasker(mask, length)
-        return native(mask, length)
-
-    protocol.create_xor_masker = create_xor_masker
-    protocol.Utf8Validator = Utf8Validator
-    protocol.pformat = LazyFormat
-    _installed = True
+    protocol.create_xor_masker = _create_xor_masker
+    protocol.Utf8Validator = _WsaccelValidator
 
 
-class LazyFormat:
-    """``pprint.pformat(value)``, computed only if the text is asked for."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def __str__(self) -> str:
-        return pprint.pformat(self._value)
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
+def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+    """Autobahn's ``create_xor_masker``, with wsaccel's masker for small frames."""
+    if length is not None and length <= _SMALL_FRAME:
+        return _wsaccel_masker(mask, length)
+    return _native_masker(mask, length)
 
 
-def fast_poll(reactor: Any) -> bool:
+def _fast_poll(reactor: Any) -> bool:
     """Run the epoll reactor's events without the legacy log context."""
     try:
         from twisted.internet.epollreactor import EPollReactor
@@ -140,4 +178,4 @@ def _do_poll(reactor: Any, timeout: float | None) -> None:
             log.err()
 
 
-__all__ = ["fast_poll", "install", "write"]
+__all__ = ["install", "write"]

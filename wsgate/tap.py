@@ -279,9 +279,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon
+    from wsgate import _daemon, _speedups
     from wsgate._service import make_service
 
     _daemon.watch()
+    # Here, not in Gateway: the shortcuts change process-wide state (Autobahn's
+    # module, the reactor's loop), which is the program's to decide; tests and
+    # embedders that build a Gateway keep the plain path.
+    _speedups.install(reactor)
     service: Any = make_service(options["config"], reactor)
     return service  # type: ignore[no-any-return]
