@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.internet.testing import Clock
+from twisted.internet.testing import Clock, StringTransport
 
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._relay import Leg, Relay
+from wsgate._tcpleg import StreamLeg
 
 
 @dataclass
@@ -175,3 +176,33 @@ def test_no_idle_timeout_by_default_and_none_after_the_end() -> None:
     relay.leg_closed(Side.CLIENT, 1000, "")
     relay.leg_closed(Side.BACKEND, 1000, "")
     assert finished and not clock.getDelayedCalls()
+
+
+def test_the_other_legs_transport_is_paused_and_resumed_but_never_stopped() -> None:
+    """A transport whose connection is lost calls ``stopProducing()`` on its
+    producer (Twisted's FileDescriptor): a dying leg must not close the
+    surviving leg's transport, whose closing handshake the relay runs."""
+    dying, survivor = StreamLeg(None, Clock(), 5.0), StreamLeg(None, Clock(), 5.0)
+    dying.makeConnection(StringTransport())
+    survivor.makeConnection(StringTransport())
+    dying.register_producer_of(survivor)
+    producer = dying.transport.producer
+    producer.resumeProducing()
+    assert survivor.transport.producerState == "producing"
+    producer.pauseProducing()
+    assert survivor.transport.producerState == "paused"
+    producer.resumeProducing()
+    producer.stopProducing()  # what the dying leg's transport does when lost
+    assert survivor.transport.producerState == "producing"
+    assert not survivor.transport.disconnecting
+
+
+def test_the_closing_line_has_what_was_sent_and_received_on_each_leg() -> None:
+    _client, _backend, relay, _, finished = _pair()
+    relay.start()
+    relay.leg_closed(Side.BACKEND, 1006, "connection lost")
+    relay.leg_closed(Side.CLIENT, 1002, "incomplete fragmented message", sent=1011)
+    assert finished == [relay]
+    assert relay.sent_on(Side.CLIENT) == 1011 and relay.sent_on(Side.BACKEND) is None
+    assert relay.closed_with(Side.CLIENT) == (1002, "incomplete fragmented message")
+    assert relay.closed_with(Side.BACKEND) == (1006, "connection lost")

@@ -32,6 +32,7 @@ from wsgate import _speedups
 from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
+from wsgate._relay import ReadingOf
 
 _log = Logger(namespace="wsgate")
 
@@ -181,9 +182,8 @@ class StreamLeg(protocol.Protocol):
             self.transport.resumeProducing()
 
     def register_producer_of(self, other: Any) -> None:
-        producer = getattr(other, "transport", None)
-        if self.transport is not None and producer is not None:
-            self.transport.registerProducer(producer, True)
+        if self.transport is not None and getattr(other, "transport", None) is not None:
+            self.transport.registerProducer(ReadingOf(other), True)
 
     def unregister_producer(self) -> None:
         if self.transport is not None and getattr(self.transport, "producer", None) is not None:
