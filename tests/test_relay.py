@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import Clock, StringTransport
+from twisted.python.failure import Failure
 
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._relay import Leg, Relay
@@ -206,3 +208,48 @@ def test_the_closing_line_has_what_was_sent_and_received_on_each_leg() -> None:
     assert relay.sent_on(Side.CLIENT) == 1011 and relay.sent_on(Side.BACKEND) is None
     assert relay.closed_with(Side.CLIENT) == (1002, "incomplete fragmented message")
     assert relay.closed_with(Side.BACKEND) == (1006, "connection lost")
+
+
+def _stream_leg(clock: Clock) -> StreamLeg:
+    leg = StreamLeg(None, clock, 5.0)
+    leg.makeConnection(StringTransport())
+    return leg
+
+
+def test_a_stream_leg_keeps_what_arrives_before_the_relay_runs() -> None:
+    """A paused TLS transport still delivers what it already decrypted, and a
+    VNC server speaks first: nothing is dropped and the order holds."""
+    clock = Clock()
+    leg = _stream_leg(clock)
+    leg.dataReceived(b"RFB 003.008\n")
+    leg.dataReceived(b"burst")
+    client = FakeLeg(Side.CLIENT)
+    relay = leg.relay = Relay(client, leg, clock)
+    leg.dataReceived(b" and more")
+    assert client.sent == []
+    relay.start()
+    assert [data for kind, data in client.sent if kind == "data"] == [
+        (b"RFB 003.008\n", True),
+        (b"burst", True),
+        (b" and more", True),
+    ]
+
+
+def test_a_stream_that_ends_before_the_relay_runs_ends_after_its_data() -> None:
+    clock = Clock()
+    leg = _stream_leg(clock)
+    leg.dataReceived(b"bye")
+    leg.readConnectionLost()
+    leg.connectionLost(Failure(ConnectionDone()))
+    client = FakeLeg(Side.CLIENT)
+    relay = leg.relay = Relay(client, leg, clock)
+    relay.start()
+    assert client.sent == [("begin", True), ("data", (b"bye", True)), ("close", Close(1000, ""))]
+    assert relay.closed_with(Side.BACKEND) == (1000, "")
+
+
+def test_a_stream_flooding_past_its_pause_is_cut() -> None:
+    leg = _stream_leg(Clock())
+    for _ in range(17):
+        leg.dataReceived(bytes(64 * 1024))
+    assert leg.transport.disconnecting or leg.transport.disconnected
