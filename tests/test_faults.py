@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend, client
-from rawws import MIB
+from rawws import MIB, peak_rss
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -186,3 +186,172 @@ def test_client_killed_mid_message_backend_gets_1001_cleanly(
         assert "first=client dropped client=recv 1006" in line, line
         assert "backend=sent 1001/recv 10" in line, line
     assert "Traceback" not in gate.log()
+
+
+class Flood:
+    """An upload or download that counts what it handed over and stops on request."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.stop = asyncio.Event()
+        self._block = os.urandom(64 * 1024)
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        while not self.stop.is_set() and self.sent < 1024 * MIB:
+            yield self._block
+            self.sent += len(self._block)
+
+    async def stalled(self, quiet: float = 2.0) -> int:
+        """Wait until nothing more is taken for ``quiet`` seconds: the freeze
+        has filled every buffer on the way, and backpressure holds."""
+        async with asyncio.timeout(6 * TIMEOUT):
+            while True:
+                before = self.sent
+                await asyncio.sleep(quiet)
+                if self.sent == before:
+                    return before
+
+    async def moved(self, more: int) -> None:
+        target = self.sent + more
+        async with asyncio.timeout(6 * TIMEOUT):
+            while self.sent < target:
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deflate", ["off", "on"])
+def test_frozen_backend_keeps_memory_bounded_and_recovers(
+    wsgate: GateFactory, deflate: str
+) -> None:
+    """SIGSTOP the backend while the client keeps sending: wsgate stops
+    reading the client instead of growing; after SIGCONT the data flows again
+    and the connection closes cleanly."""
+    port = free_port()
+    gate = gate_for(wsgate, port, deflate)
+    assert gate.proc is not None
+    compression = "deflate" if deflate == "on" else None
+
+    async def main() -> tuple[int, int]:
+        async with peer("backend", str(port), "sink", deflate) as proc:
+            await said(proc, "ready")
+            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            async with client(gate.url, compression=compression) as ws:
+                flood = Flood()
+                sending = asyncio.ensure_future(ws.send(flood.blocks()))
+                await said(proc, "busy")
+                proc.send_signal(signal.SIGSTOP)
+                stuck_at = await flood.stalled()
+                growth = peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+                proc.send_signal(signal.SIGCONT)
+                await flood.moved(16 * MIB)
+                flood.stop.set()
+                async with asyncio.timeout(TIMEOUT):
+                    await sending
+                await ws.close()
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+            return growth, stuck_at
+
+    growth, stuck_at = asyncio.run(main())
+    print(f"frozen backend: stalled after {stuck_at / MIB:.0f} MiB, RSS +{growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("deflate", ["off", "on"])
+def test_frozen_client_keeps_memory_bounded_and_recovers(wsgate: GateFactory, deflate: str) -> None:
+    """SIGSTOP the client while the backend keeps sending: bounded memory,
+    and after SIGCONT the rest arrives and both legs close cleanly."""
+    port = free_port()
+    gate = gate_for(wsgate, port, deflate)
+    assert gate.proc is not None
+    compression = "deflate" if deflate == "on" else None
+    flood = Flood()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(flood.blocks())
+        await ws.close()
+
+    async def main() -> tuple[int, int]:
+        async with backend(port, handler, compression=compression) as be:
+            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            async with peer("client", gate.url, "download", deflate) as proc:
+                await said(proc, "busy")
+                proc.send_signal(signal.SIGSTOP)
+                stuck_at = await flood.stalled()
+                growth = peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+                proc.send_signal(signal.SIGCONT)
+                await flood.moved(16 * MIB)
+                flood.stop.set()
+                seen = await be.wait_seen()
+                async with asyncio.timeout(TIMEOUT):
+                    await seen.closed.wait()
+                    assert await proc.wait() == 0  # it read the whole message
+                assert seen.close_code == 1000
+            return growth, stuck_at
+
+    growth, stuck_at = asyncio.run(main())
+    print(f"frozen client: stalled after {stuck_at / MIB:.0f} MiB, RSS +{growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
+
+
+BOMB = 64 * MIB  # zeros: about 64 KiB once deflated
+
+
+def test_decompression_bomb_from_the_client(wsgate: GateFactory) -> None:
+    """A small deflated message that inflates past max_message_size: the
+    client gets 1009, the backend 1001 (the client failed; the backend did
+    nothing wrong), and wsgate's memory stays bounded."""
+    port = free_port()
+    gate = gate_for(wsgate, port, "on", "--max-message-size", "1M")
+    assert gate.proc is not None
+
+    async def main() -> int:
+        async with backend(port) as be:
+            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            async with client(gate.url, compression="deflate") as ws:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(bytes(BOMB))
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(TIMEOUT):
+                        await ws.recv()
+                assert ws.close_code == 1009
+            seen = await be.wait_seen()
+            async with asyncio.timeout(TIMEOUT):
+                await seen.closed.wait()
+            assert seen.close_code == 1001
+            return peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+
+    growth = asyncio.run(main())
+    print(f"bomb from the client: RSS +{growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
+
+
+def test_decompression_bomb_from_the_backend(wsgate: GateFactory) -> None:
+    """The other way: the backend gets 1009, the client 1014 (bad gateway)."""
+    port = free_port()
+    gate = gate_for(wsgate, port, "on", "--max-message-size", "1M")
+    assert gate.proc is not None
+
+    async def bomb(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(bytes(BOMB))
+        await ws.wait_closed()
+
+    async def main() -> int:
+        async with backend(port, bomb) as be:
+            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            async with client(gate.url, compression="deflate") as ws:
+                await ws.send("go")
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(TIMEOUT):
+                        await ws.recv()
+                assert ws.close_code == 1014
+            seen = await be.wait_seen()
+            async with asyncio.timeout(TIMEOUT):
+                await seen.closed.wait()
+            assert seen.close_code == 1009
+            return peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+
+    growth = asyncio.run(main())
+    print(f"bomb from the backend: RSS +{growth / MIB:.1f} MiB")
+    assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
