@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import Clock, StringTransport
+from twisted.internet.testing import Clock, MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from wsgate._closecodes import Cause, Close, Side
+from wsgate._config import RouteSettings
 from wsgate._relay import Leg, Relay
 from wsgate._tcpleg import StreamLeg
+from wsgate._wsleg import RelayedLeg, leg_options
 
 
 @dataclass
@@ -253,3 +257,54 @@ def test_a_stream_flooding_past_its_pause_is_cut() -> None:
     for _ in range(17):
         leg.dataReceived(bytes(64 * 1024))
     assert leg.transport.disconnecting or leg.transport.disconnected
+
+
+class _ServerLeg(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    side = Side.CLIENT
+
+
+class _Transport(StringTransport):
+    def unregisterProducer(self) -> None:
+        self.producer = None  # as a real transport does, registered or not
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (mask of zeros: the payload goes as it is)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\x00" * 4 + payload
+
+
+def test_the_surviving_leg_reads_until_its_peers_close_then_sends_a_fin() -> None:
+    """The backend died: the client gets 1011, what it still sends is read
+    (and goes nowhere), and its close answer ends the TCP connection with a
+    FIN (loseConnection), not a reset (Twisted's abortConnection, which
+    Autobahn's server uses here)."""
+    reactor = MemoryReactorClock()
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.setProtocolOptions(**leg_options(RouteSettings()))
+    factory.protocol = _ServerLeg
+    leg = factory.buildProtocol(None)
+    transport = _Transport()
+    leg.makeConnection(transport)
+    leg.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    backend = FakeLeg(Side.BACKEND)
+    relay = leg.relay = Relay(leg, backend, reactor)
+    relay.start()
+    transport.clear()
+
+    relay.leg_closed(Side.BACKEND, 1006, "connection lost")
+    close = struct.pack("!H", 1011) + b"backend went away"
+    assert transport.value() == bytes([0x88, len(close)]) + close
+    leg.dataReceived(_client_frame(0x2, b"still uploading"))
+    assert not transport.disconnecting
+    leg.dataReceived(_client_frame(0x8, struct.pack("!H", 1011)))
+    assert transport.disconnecting and not transport.disconnected  # a FIN, not a reset
+
+    leg.connectionLost(Failure(ConnectionDone()))
+    assert relay.finished
+    assert relay.sent_on(Side.CLIENT) == 1011 and relay.closed_with(Side.CLIENT) == (1011, "")
+    assert relay.sent_on(Side.BACKEND) is None
