@@ -303,8 +303,11 @@ def test_the_surviving_leg_reads_until_its_peers_close_then_sends_a_fin() -> Non
     assert not transport.disconnecting
     leg.dataReceived(_client_frame(0x8, struct.pack("!H", 1011)))
     assert transport.disconnecting and not transport.disconnected  # a FIN, not a reset
+    # A peer that never reads what is left to write does not hold it open.
+    reactor.advance(RouteSettings().close_timeout)
+    assert transport.disconnected
 
     leg.connectionLost(Failure(ConnectionDone()))
-    assert relay.finished
+    assert relay.finished and not reactor.getDelayedCalls()
     assert relay.sent_on(Side.CLIENT) == 1011 and relay.closed_with(Side.CLIENT) == (1011, "")
     assert relay.sent_on(Side.BACKEND) is None

@@ -66,6 +66,8 @@ class RelayedLeg:
     #: (1005: a close frame without a code; None: no close frame).
     _sent_code: int | None = None
     _received_code: int | None = None
+    #: Aborts a connection whose FIN waits on a peer that reads nothing more.
+    _fin_deadline: Any = None
     #: Autobahn sets this in onMessageBegin; a leg that failed skips that for
     #: the frames its peer still sent in the same read, and Autobahn's size
     #: accounting must not crash on them (wstest 5.x, fragmentation errors).
@@ -79,6 +81,8 @@ class RelayedLeg:
     _perMessageCompress: Any
     failedByMe: bool
     wasClean: bool
+    closeHandshakeTimeout: float
+    factory: Any
     remoteCloseCode: int | None
     remoteCloseReason: str | None
 
@@ -289,11 +293,23 @@ class RelayedLeg:
     def _closeConnection(self, abort: bool = False) -> None:
         # Autobahn's server aborts the TCP connection when the client answers
         # its close, and Twisted's abortConnection is a reset (SO_LINGER 0):
-        # after a complete closing handshake, end it with a FIN. Our close was
-        # read by the peer, so nothing is left to write and this cannot hang.
-        super()._closeConnection(abort and not self.wasClean)  # type: ignore[misc]
+        # after a complete closing handshake, end it with a FIN. A peer whose
+        # close crossed ours may not have read ours yet; if it never does,
+        # the write buffer would hold the connection open: abort it after
+        # close_timeout.
+        if not (abort and self.wasClean):
+            super()._closeConnection(abort)  # type: ignore[misc]
+            return
+        super()._closeConnection(False)  # type: ignore[misc]
+        if self.closeHandshakeTimeout > 0:
+            self._fin_deadline = self.factory.reactor.callLater(
+                self.closeHandshakeTimeout, self.transport.abortConnection
+            )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        deadline, self._fin_deadline = self._fin_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         if self.relay is not None:
             self._ending_told = True
             received = self._received_code
