@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from wsgate.testing import Wsgate, free_port
+from wsgate.testing import TlsFiles, Wsgate, free_port
 
 GateFactory = Callable[..., Wsgate]
 PEER = str(Path(__file__).with_name("faultpeer.py"))
@@ -78,7 +79,9 @@ async def close_lines(gate: Wsgate, count: int) -> list[str]:
             await asyncio.sleep(0.05)
 
 
-def gate_for(wsgate: GateFactory, port: int, deflate: str, *args: str) -> Wsgate:
+def gate_for(
+    wsgate: GateFactory, port: int, deflate: str, *args: str, wait_port: int | None = None
+) -> Wsgate:
     return wsgate(
         "--backend",
         f"ws://127.0.0.1:{port}",
@@ -89,7 +92,42 @@ def gate_for(wsgate: GateFactory, port: int, deflate: str, *args: str) -> Wsgate
         "--backend-deflate",
         deflate,
         *args,
+        wait_port=wait_port,
     )
+
+
+async def kill_backend_mid_message(
+    url: str, port: int, direction: str, deflate: str, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """One run: the client streams (or reads) a message, the backend is
+    SIGKILLed; the client must see 1011, answer it, and then a FIN."""
+    role = "sink" if direction == "upload" else "source"
+    compression = "deflate" if deflate == "on" else None
+    extra = {} if ssl_context is None else {"ssl": ssl_context}
+    async with peer("backend", str(port), role, deflate) as proc:
+        await said(proc, "ready")
+        async with client(url, compression=compression, create_connection=Recording, **extra) as ws:
+            assert isinstance(ws, Recording)
+
+            async def use() -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    if direction == "upload":
+                        await ws.send(flood())
+                    else:
+                        async for _ in ws.recv_streaming():
+                            pass
+
+            using = asyncio.ensure_future(use())
+            await said(proc, "busy")
+            proc.kill()
+            async with asyncio.timeout(TIMEOUT):
+                await using
+                await ws.wait_closed()
+        received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+        assert received is not None, "no close frame: 1006"
+        assert received.code == 1011, received
+        assert sent is not None, "the client did not answer the close"
+        assert ws.lost_with is None, f"not closed with a FIN: {ws.lost_with!r}"
 
 
 @pytest.mark.slow
@@ -103,38 +141,10 @@ def test_backend_killed_mid_message_client_gets_1011_cleanly(
     every run."""
     port = free_port()
     gate = gate_for(wsgate, port, deflate)
-    compression = "deflate" if deflate == "on" else None
-
-    async def one_run() -> None:
-        role = "sink" if direction == "upload" else "source"
-        async with peer("backend", str(port), role, deflate) as proc:
-            await said(proc, "ready")
-            async with client(gate.url, compression=compression, create_connection=Recording) as ws:
-                assert isinstance(ws, Recording)
-
-                async def use() -> None:
-                    with contextlib.suppress(ConnectionClosed):
-                        if direction == "upload":
-                            await ws.send(flood())
-                        else:
-                            async for _ in ws.recv_streaming():
-                                pass
-
-                using = asyncio.ensure_future(use())
-                await said(proc, "busy")
-                proc.kill()
-                async with asyncio.timeout(TIMEOUT):
-                    await using
-                    await ws.wait_closed()
-            received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
-            assert received is not None, "no close frame: 1006"
-            assert received.code == 1011, received
-            assert sent is not None, "the client did not answer the close"
-            assert ws.lost_with is None, f"not closed with a FIN: {ws.lost_with!r}"
 
     async def main() -> list[str]:
         for _ in range(RUNS):
-            await one_run()
+            await kill_backend_mid_message(gate.url, port, direction, deflate)
         return await close_lines(gate, RUNS)
 
     for line in asyncio.run(main()):
@@ -142,6 +152,26 @@ def test_backend_killed_mid_message_client_gets_1011_cleanly(
         # its own: websockets answers 1002 to a close in mid-message).
         assert "first=backend dropped client=sent 1011/recv 10" in line, line
         assert "backend=recv 1006" in line, line
+    assert "Traceback" not in gate.log()
+
+
+@pytest.mark.slow
+def test_backend_killed_mid_upload_over_tls_client_gets_1011_cleanly(
+    wsgate: GateFactory, tls_files: TlsFiles
+) -> None:
+    """The same on a TLS listener, whose transport wraps producers its own way."""
+    port, listen_port = free_port(), free_port()
+    files = tls_files
+    listen = f"ssl:{listen_port}:interface=127.0.0.1:privateKey={files.key}:certKey={files.cert}"
+    gate = gate_for(wsgate, port, "off", "--listen", listen, wait_port=listen_port)
+    context = ssl.create_default_context(cafile=str(files.ca_cert))
+
+    async def main() -> None:
+        for _ in range(RUNS):
+            url = f"wss://127.0.0.1:{listen_port}"
+            await kill_backend_mid_message(url, port, "upload", "off", context)
+
+    asyncio.run(main())
     assert "Traceback" not in gate.log()
 
 
