@@ -473,8 +473,8 @@ def test_log_lines_open_and_close(wsgate: GateFactory) -> None:
                 await asyncio.sleep(0.05)
 
     line = asyncio.run(closed_line())
-    assert "client=4000 'done'" in line
-    assert "backend=4000 'done'" in line
+    assert "client=sent 4000/recv 4000 'done'" in line
+    assert "backend=sent 4000/recv 4000 'done'" in line
     assert "up=1 msgs/5 B" in line and "down=1 msgs/5 B" in line
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
-from twisted.internet.testing import Clock
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import Clock, MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from wsgate._closecodes import Cause, Close, Side
+from wsgate._config import RouteSettings
 from wsgate._relay import Leg, Relay
+from wsgate._tcpleg import StreamLeg
+from wsgate._wsleg import RelayedLeg, leg_options
 
 
 @dataclass
@@ -175,3 +182,132 @@ def test_no_idle_timeout_by_default_and_none_after_the_end() -> None:
     relay.leg_closed(Side.CLIENT, 1000, "")
     relay.leg_closed(Side.BACKEND, 1000, "")
     assert finished and not clock.getDelayedCalls()
+
+
+def test_the_other_legs_transport_is_paused_and_resumed_but_never_stopped() -> None:
+    """A transport whose connection is lost calls ``stopProducing()`` on its
+    producer (Twisted's FileDescriptor): a dying leg must not close the
+    surviving leg's transport, whose closing handshake the relay runs."""
+    dying, survivor = StreamLeg(None, Clock(), 5.0), StreamLeg(None, Clock(), 5.0)
+    dying.makeConnection(StringTransport())
+    survivor.makeConnection(StringTransport())
+    dying.register_producer_of(survivor)
+    producer = dying.transport.producer
+    producer.resumeProducing()
+    assert survivor.transport.producerState == "producing"
+    producer.pauseProducing()
+    assert survivor.transport.producerState == "paused"
+    producer.resumeProducing()
+    producer.stopProducing()  # what the dying leg's transport does when lost
+    assert survivor.transport.producerState == "producing"
+    assert not survivor.transport.disconnecting
+
+
+def test_the_closing_line_has_what_was_sent_and_received_on_each_leg() -> None:
+    _client, _backend, relay, _, finished = _pair()
+    relay.start()
+    relay.leg_closed(Side.BACKEND, 1006, "connection lost")
+    relay.leg_closed(Side.CLIENT, 1002, "incomplete fragmented message", sent=1011)
+    assert finished == [relay]
+    assert relay.sent_on(Side.CLIENT) == 1011 and relay.sent_on(Side.BACKEND) is None
+    assert relay.closed_with(Side.CLIENT) == (1002, "incomplete fragmented message")
+    assert relay.closed_with(Side.BACKEND) == (1006, "connection lost")
+
+
+def _stream_leg(clock: Clock) -> StreamLeg:
+    leg = StreamLeg(None, clock, 5.0)
+    leg.makeConnection(StringTransport())
+    return leg
+
+
+def test_a_stream_leg_keeps_what_arrives_before_the_relay_runs() -> None:
+    """A paused TLS transport still delivers what it already decrypted, and a
+    VNC server speaks first: nothing is dropped and the order holds."""
+    clock = Clock()
+    leg = _stream_leg(clock)
+    leg.dataReceived(b"RFB 003.008\n")
+    leg.dataReceived(b"burst")
+    client = FakeLeg(Side.CLIENT)
+    relay = leg.relay = Relay(client, leg, clock)
+    leg.dataReceived(b" and more")
+    assert client.sent == []
+    relay.start()
+    assert [data for kind, data in client.sent if kind == "data"] == [
+        (b"RFB 003.008\n", True),
+        (b"burst", True),
+        (b" and more", True),
+    ]
+
+
+def test_a_stream_that_ends_before_the_relay_runs_ends_after_its_data() -> None:
+    clock = Clock()
+    leg = _stream_leg(clock)
+    leg.dataReceived(b"bye")
+    leg.readConnectionLost()
+    leg.connectionLost(Failure(ConnectionDone()))
+    client = FakeLeg(Side.CLIENT)
+    relay = leg.relay = Relay(client, leg, clock)
+    relay.start()
+    assert client.sent == [("begin", True), ("data", (b"bye", True)), ("close", Close(1000, ""))]
+    assert relay.closed_with(Side.BACKEND) == (1000, "")
+
+
+def test_a_stream_flooding_past_its_pause_is_cut() -> None:
+    leg = _stream_leg(Clock())
+    for _ in range(17):
+        leg.dataReceived(bytes(64 * 1024))
+    assert leg.transport.disconnecting or leg.transport.disconnected
+
+
+class _ServerLeg(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    side = Side.CLIENT
+
+
+class _Transport(StringTransport):
+    def unregisterProducer(self) -> None:
+        self.producer = None  # as a real transport does, registered or not
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (mask of zeros: the payload goes as it is)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\x00" * 4 + payload
+
+
+def test_the_surviving_leg_reads_until_its_peers_close_then_sends_a_fin() -> None:
+    """The backend died: the client gets 1011, what it still sends is read
+    (and goes nowhere), and its close answer ends the TCP connection with a
+    FIN (loseConnection), not a reset (Twisted's abortConnection, which
+    Autobahn's server uses here)."""
+    reactor = MemoryReactorClock()
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.setProtocolOptions(**leg_options(RouteSettings()))
+    factory.protocol = _ServerLeg
+    leg = factory.buildProtocol(None)
+    transport = _Transport()
+    leg.makeConnection(transport)
+    leg.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    backend = FakeLeg(Side.BACKEND)
+    relay = leg.relay = Relay(leg, backend, reactor)
+    relay.start()
+    transport.clear()
+
+    relay.leg_closed(Side.BACKEND, 1006, "connection lost")
+    close = struct.pack("!H", 1011) + b"backend went away"
+    assert transport.value() == bytes([0x88, len(close)]) + close
+    leg.dataReceived(_client_frame(0x2, b"still uploading"))
+    assert not transport.disconnecting
+    leg.dataReceived(_client_frame(0x8, struct.pack("!H", 1011)))
+    assert transport.disconnecting and not transport.disconnected  # a FIN, not a reset
+    # A peer that never reads what is left to write does not hold it open.
+    reactor.advance(RouteSettings().close_timeout)
+    assert transport.disconnected
+
+    leg.connectionLost(Failure(ConnectionDone()))
+    assert relay.finished and not reactor.getDelayedCalls()
+    assert relay.sent_on(Side.CLIENT) == 1011 and relay.closed_with(Side.CLIENT) == (1011, "")
+    assert relay.sent_on(Side.BACKEND) is None

@@ -11,7 +11,9 @@ import base64
 import contextlib
 import http.client
 import os
+import shutil
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from peers import TIMEOUT, client
 from rawws import MIB, masked_frame, peak_rss, raw_handshake
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsgate.testing import Wsgate, free_port
+from wsgate.testing import TlsFiles, Wsgate, free_port
 
 GateFactory = Callable[..., Wsgate]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -409,3 +411,41 @@ def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFac
     growth = asyncio.run(main())
     print(f"wsgate peak RSS growth: {growth / MIB:.1f} MiB")
     assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
+
+
+def test_tls_server_speaking_first_loses_no_byte(
+    wsgate: GateFactory, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """A ``tls:`` server's greeting and a burst behind it, sent at once on
+    connect: what the TLS layer decrypted before the client's leg opened is
+    kept, and reaches the client in order."""
+    port = free_port()
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    shutil.copy(tls_files.ca_cert, roots / "ca.pem")
+    gate = wsgate("--backend", f"tls:127.0.0.1:{port}:trustRoots={roots}")
+    said = b"RFB 003.008\n" + os.urandom(2 * MIB)
+
+    async def speak_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(said)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_files.cert, tls_files.key)
+        server = await asyncio.start_server(speak_first, "127.0.0.1", port, ssl=context)
+        async with server:
+            for _ in range(3):
+                async with client(gate.url) as ws:
+                    got = b""
+                    async with asyncio.timeout(TIMEOUT):
+                        while len(got) < len(said):
+                            message = await ws.recv()
+                            assert isinstance(message, bytes)
+                            got += message
+                    assert got == said
+
+    asyncio.run(main())
+    assert "Traceback" not in gate.log()

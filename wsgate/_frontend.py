@@ -498,8 +498,6 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         if self._counted and live is not None and live.pool is not None and chosen is not None:
             live.pool.closed(chosen)
         first = relay.first_close
-        client_close = relay.closed_with(Side.CLIENT)
-        backend_close = relay.closed_with(Side.BACKEND)
         up, down = relay.stats.upstream, relay.stats.downstream
         _log.info(
             "close {peer} {path}: first={first} client={client} backend={backend} "
@@ -508,8 +506,8 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
             peer=self.peer,
             path=self._path(),
             first=f"{first[0].value} {first[1].value}" if first else "none",
-            client=_fmt_close(client_close),
-            backend=_fmt_close(backend_close),
+            client=_fmt_close(relay, Side.CLIENT),
+            backend=_fmt_close(relay, Side.BACKEND),
             up_msgs=up.messages,
             up_bytes=up.bytes,
             down_msgs=down.messages,
@@ -521,11 +519,16 @@ class FrontendProtocol(RelayedLeg, WebSocketServerProtocol):  # type: ignore[mis
         return getattr(self, "http_request_uri", "?")
 
 
-def _fmt_close(close: tuple[int | None, str] | None) -> str:
+def _fmt_close(relay: Relay, side: Side) -> str:
+    """``sent 1011/recv 1011 'reason'``: what wsgate sent on the leg (left
+    out when it sent no close frame) and what it received (1006: none)."""
+    close = relay.closed_with(side)
     if close is None:
         return "-"
     code, reason = close
-    return f"{code}{' ' + repr(reason) if reason else ''}"
+    sent = relay.sent_on(side)
+    received = f"recv {code}{' ' + repr(reason) if reason else ''}"
+    return received if sent is None else f"sent {sent}/{received}"
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wsgate import _closecodes
 from wsgate._closecodes import Cause, Close, Side
@@ -57,6 +59,33 @@ class Leg(Protocol):
         """Fail this leg's connection with ``code`` (its peer sent what cannot cross)."""
 
 
+@implementer(IPushProducer)
+class ReadingOf:
+    """One leg's reading as the producer for the other leg's transport.
+
+    portforward registers the other transport itself; but a transport whose
+    connection is lost calls ``stopProducing()`` on its producer, and a
+    transport's ``stopProducing`` closes it at once: the dying leg would cut
+    the survivor's closing handshake short (its close reply unread, a reset
+    while its peer still sends). Here ``stopProducing`` does nothing: the
+    relay ends the surviving leg itself.
+    """
+
+    __slots__ = ("_leg",)
+
+    def __init__(self, leg: Leg) -> None:
+        self._leg = leg
+
+    def pauseProducing(self) -> None:
+        self._leg.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self._leg.resume_reading()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class _Direction:
     messages: int = 0
@@ -98,6 +127,7 @@ class Relay:
         self._pending: list[tuple[Side, Callable[..., None], tuple[Any, ...]]] = []
         self._first_close: tuple[Side, _Ending] | None = None
         self._closed: dict[Side, tuple[int | None, str]] = {}
+        self._sent: dict[Side, int | None] = {}
         self.stats = Stats()
         self.opened_at = clock.seconds()
         self._last_activity = self.opened_at
@@ -207,10 +237,17 @@ class Relay:
         leg to close first: only when that leg is running and still open."""
         return self._started and self._first_close is None
 
-    def leg_closed(self, side: Side, code: int | None, reason: str) -> None:
-        """A leg's transport is gone. Once both are, the connection is over."""
+    def leg_closed(
+        self, side: Side, code: int | None, reason: str, sent: int | None = None
+    ) -> None:
+        """A leg's transport is gone. Once both are, the connection is over.
+
+        ``code`` and ``reason`` are what the leg received (1006: no close
+        frame), ``sent`` the code wsgate sent on it (None: no close frame).
+        """
         if side in self._closed:
             return
+        self._sent[side] = sent
         if self._first_close is None:
             # Gone without a close we saw start (TCP reset, handshake timeout).
             self._started = True
@@ -232,7 +269,12 @@ class Relay:
         return len(self._closed) == 2
 
     def closed_with(self, side: Side) -> tuple[int | None, str] | None:
+        """The code and reason the leg received, once it is closed."""
         return self._closed.get(side)
+
+    def sent_on(self, side: Side) -> int | None:
+        """The close code wsgate sent on the leg (None: none, or not closed yet)."""
+        return self._sent.get(side)
 
     @property
     def first_close(self) -> tuple[Side, Cause, int | None, str] | None:

@@ -32,11 +32,16 @@ from wsgate import _sockets, _speedups
 from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
+from wsgate._relay import ReadingOf
 
 _log = Logger(namespace="wsgate")
 
 #: Largest message made from one read of the stream.
 _MAX_MESSAGE = 64 * 1024
+#: Most bytes held from the stream before the relay runs. The transport is
+#: paused then, so only what it had already read (or a TLS layer had already
+#: decrypted) arrives: one read's worth. More means pausing did not hold.
+_MAX_EARLY = 1024 * 1024
 
 #: Subprotocols a stream backend answers, as websockify does: raw binary, or
 #: base64 text for old noVNC clients.
@@ -72,6 +77,12 @@ class StreamLeg(protocol.Protocol):
         self._pending = b""  # base64 text not yet a multiple of 4 characters
         self._ending_told = False
         self._closing_call: Any = None
+        #: What the stream said before the relay existed, in order, and how it
+        #: ended if it did: delivered once the relay starts reading.
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._early_eof = False
+        self._early_loss: Failure | None = None
         self.opened: defer.Deferred[StreamLeg] = defer.Deferred()
 
     # -- the stream ---------------------------------------------------------------
@@ -85,7 +96,20 @@ class StreamLeg(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         relay = self.relay
         if relay is None:
+            self._early_size += len(data)
+            if self._early_size > _MAX_EARLY:
+                _log.warn(
+                    "stream backend sent over {limit} bytes before the client's leg "
+                    "opened: dropping it",
+                    limit=_MAX_EARLY,
+                )
+                self._early.clear()
+                self.transport.abortConnection()
+                return
+            self._early.append(data)
             return
+        if self._early:
+            self._deliver_early()
         binary = not self._base64
         for start in range(0, len(data), _MAX_MESSAGE):
             chunk = data[start : start + _MAX_MESSAGE]
@@ -94,8 +118,23 @@ class StreamLeg(protocol.Protocol):
                 Side.BACKEND, base64.b64encode(chunk) if self._base64 else chunk, True
             )
 
+    def _deliver_early(self) -> None:
+        """The relay runs: pass on what the stream said (and did) before."""
+        early, self._early = self._early, []
+        for data in early:
+            self.dataReceived(data)
+        if self._early_eof:
+            self._early_eof = False
+            self.readConnectionLost()
+        loss, self._early_loss = self._early_loss, None
+        if loss is not None:
+            self.connectionLost(loss)
+
     def readConnectionLost(self) -> None:
         """The server sent EOF: it has said all it will."""
+        if self.relay is None:
+            self._early_eof = True
+            return
         if self._closing_call is not None:  # and we had closed our side: done
             self.transport.loseConnection()
             return
@@ -105,6 +144,9 @@ class StreamLeg(protocol.Protocol):
         pass
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.relay is None:
+            self._early_loss = reason
+            return
         if self._closing_call is not None and self._closing_call.active():
             self._closing_call.cancel()
         if reason.check(error.ConnectionDone):
@@ -178,13 +220,14 @@ class StreamLeg(protocol.Protocol):
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
+        if self.relay is not None and (self._early or self._early_eof or self._early_loss):
+            self._deliver_early()
         if self.transport is not None:
             self.transport.resumeProducing()
 
     def register_producer_of(self, other: Any) -> None:
-        producer = getattr(other, "transport", None)
-        if self.transport is not None and producer is not None:
-            self.transport.registerProducer(producer, True)
+        if self.transport is not None and getattr(other, "transport", None) is not None:
+            self.transport.registerProducer(ReadingOf(other), True)
 
     def unregister_producer(self) -> None:
         if self.transport is not None and getattr(self.transport, "producer", None) is not None:

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from wsgate import _sockets, _speedups
-from wsgate._closecodes import BAD_GATEWAY, Cause, Close, Side, truncate_reason
+from wsgate._closecodes import (
+    ABNORMAL,
+    BAD_GATEWAY,
+    NO_STATUS,
+    Cause,
+    Close,
+    Side,
+    truncate_reason,
+)
+from wsgate._relay import ReadingOf
 
 if TYPE_CHECKING:
     from wsgate._config import RouteSettings
@@ -53,6 +62,12 @@ class RelayedLeg:
     #: A failure found on this leg, held back until the other leg has closed.
     _held: tuple[int, str] | None = None
     _in_close_frame: bool = False
+    #: The close codes this leg sent and received, for the closing log line
+    #: (1005: a close frame without a code; None: no close frame).
+    _sent_code: int | None = None
+    _received_code: int | None = None
+    #: Aborts a connection whose FIN waits on a peer that reads nothing more.
+    _fin_deadline: Any = None
     #: Autobahn sets this in onMessageBegin; a leg that failed skips that for
     #: the frames its peer still sent in the same read, and Autobahn's size
     #: accounting must not crash on them (wstest 5.x, fragmentation errors).
@@ -65,6 +80,9 @@ class RelayedLeg:
     current_frame_masker: Any
     _perMessageCompress: Any
     failedByMe: bool
+    wasClean: bool
+    closeHandshakeTimeout: float
+    factory: Any
     remoteCloseCode: int | None
     remoteCloseReason: str | None
 
@@ -178,13 +196,12 @@ class RelayedLeg:
             self.transport.resumeProducing()
 
     def register_producer_of(self, other: Leg) -> None:
-        producer = getattr(other, "transport", None)
-        if self.transport is not None and producer is not None:
+        if self.transport is not None and getattr(other, "transport", None) is not None:
             if getattr(self.transport, "producer", None) is not None:
                 # A connection that served static files first still has the
                 # HTTP channel registered.
                 self.transport.unregisterProducer()
-            self.transport.registerProducer(producer, True)
+            self.transport.registerProducer(ReadingOf(other), True)
 
     def unregister_producer(self) -> None:
         if self.transport is not None and getattr(self.transport, "producer", 1) is not None:
@@ -244,7 +261,16 @@ class RelayedLeg:
         if self.relay is not None:
             self.relay.touch()
 
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        if self.state == _OPEN:
+            self._sent_code = NO_STATUS if code is None else code
+        super().sendCloseFrame(code, reasonUtf8, isReply)  # type: ignore[misc]
+
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        if self._received_code is None:
+            self._received_code = NO_STATUS if code is None else code
         held, self._held = self._held, None
         if held is not None and self.state == _OPEN:
             # The peer closes while its failure is held: fail now, and take its
@@ -268,10 +294,34 @@ class RelayedLeg:
             self._tell_ending(Cause.PEER_CLOSED, self.remoteCloseCode, self.remoteCloseReason or "")
         return result
 
+    def _closeConnection(self, abort: bool = False) -> None:
+        # Autobahn's server aborts the TCP connection when the client answers
+        # its close, and Twisted's abortConnection is a reset (SO_LINGER 0):
+        # after a complete closing handshake, end it with a FIN. A peer whose
+        # close crossed ours may not have read ours yet; if it never does,
+        # the write buffer would hold the connection open: abort it after
+        # close_timeout.
+        if not (abort and self.wasClean):
+            super()._closeConnection(abort)  # type: ignore[misc]
+            return
+        super()._closeConnection(False)  # type: ignore[misc]
+        if self.closeHandshakeTimeout > 0:
+            self._fin_deadline = self.factory.reactor.callLater(
+                self.closeHandshakeTimeout, self.transport.abortConnection
+            )
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        deadline, self._fin_deadline = self._fin_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         if self.relay is not None:
             self._ending_told = True
-            self.relay.leg_closed(self.side, code, reason or "")
+            received = self._received_code
+            if received is None:
+                received, why = ABNORMAL, reason or ""
+            else:
+                why = self.remoteCloseReason or ""
+            self.relay.leg_closed(self.side, received, why, sent=self._sent_code)
 
     # -- lean hot path ---------------------------------------------------------
 
