@@ -7,16 +7,13 @@ wsgate's peak RSS (VmHWM from /proc), not any timing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from peers import backend
 from rawws import MIB, chunks, masked_frame, peak_rss, raw_handshake
 from websockets.asyncio.server import ServerConnection
 
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, free_port
 
 #: "a few MiB": the bound the core issue sets for a 256 MiB message.
 MAX_GROWTH = 16 * MIB

@@ -11,7 +11,6 @@ import http.client
 import json
 import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ from peers import TIMEOUT, backend, client
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsgate.testing import Wsgate, free_port, make_tls_files
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, Wsgate, free_port, make_tls_files
 
 
 async def _hello(ws: ServerConnection) -> None:

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, client
-from rawws import MIB, masked_frame, peak_rss, raw_handshake
+from rawws import MIB, masked_frame, peak_rss, raw_handshake, upgrade_request
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsgate.testing import Wsgate, free_port
+from wsgate.testing import GateFactory, free_port
 
-GateFactory = Callable[..., Wsgate]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MAX_GROWTH = 16 * MIB
 
@@ -317,11 +316,7 @@ def test_static_files_beside_the_websocket(wsgate: GateFactory, tmp_path: Path) 
             assert head.startswith(b"HTTP/1.1 200")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
-            writer.write(
-                b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            )
+            writer.write(upgrade_request(b"/websockify", b"x"))
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101"), head
             sent = masked_frame(0x2, 4, fin=True)  # mask 0: the payload is its last 4 bytes

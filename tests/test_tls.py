@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend, client
 from websockets.exceptions import InvalidStatus
 
-from wsgate.testing import TlsFiles, Wsgate, free_port, make_tls_files
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port, make_tls_files
 
 
 def _server_context(files: TlsFiles) -> ssl.SSLContext:
