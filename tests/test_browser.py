@@ -28,7 +28,7 @@ from node_echo import NodeEcho, node_echo_server, node_missing
 
 from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port, make_tls_files
 
-pytestmark = [pytest.mark.browser, pytest.mark.node]
+pytestmark = [pytest.mark.browser, pytest.mark.node, pytest.mark.slow]
 
 
 #: Upper bound for any single wait in this module, in seconds.

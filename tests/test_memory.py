@@ -15,6 +15,8 @@ from websockets.asyncio.server import ServerConnection
 
 from wsgate.testing import GateFactory, free_port
 
+pytestmark = pytest.mark.slow
+
 #: "a few MiB": the bound the core issue sets for a 256 MiB message.
 MAX_GROWTH = 16 * MIB
 

@@ -27,7 +27,7 @@ from vnc import TIMEOUT, Colour, Xvnc, novnc_missing, novnc_web_root, start_xvnc
 
 from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 XvncFactory = Callable[[Colour, str], Xvnc]
 

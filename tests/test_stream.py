@@ -329,6 +329,7 @@ def test_static_files_beside_the_websocket(wsgate: GateFactory, tmp_path: Path) 
     assert "Traceback" not in gate.log()
 
 
+@pytest.mark.slow
 def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> None:
     total = 256 * MIB
     port = free_port()
@@ -361,6 +362,7 @@ def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> N
     assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
 
 
+@pytest.mark.slow
 def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFactory) -> None:
     total = 128 * MIB
     port = free_port()
