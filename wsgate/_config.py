@@ -62,10 +62,6 @@ class Backend:
         query = "&".join(q for q in (self.query, request_query) if q)
         return f"{path}?{query}" if query else path
 
-    @property
-    def display(self) -> str:
-        return self.url
-
     def __str__(self) -> str:
         return self.url
 

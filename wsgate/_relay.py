@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.logger import Logger
-
 from wsgate import _closecodes
 from wsgate._closecodes import Cause, Close, Side
 
@@ -76,9 +74,6 @@ class Stats:
 
     upstream: _Direction = field(default_factory=_Direction)  # client -> backend
     downstream: _Direction = field(default_factory=_Direction)  # backend -> client
-
-
-_log = Logger(namespace="wsgate")
 
 
 class Relay:

@@ -24,7 +24,6 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     clientFromString,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -32,8 +31,6 @@ from wsgate import _sockets, _speedups
 from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
-
-_log = Logger(namespace="wsgate")
 
 #: Largest message made from one read of the stream.
 _MAX_MESSAGE = 64 * 1024
