@@ -56,7 +56,7 @@ def test_wss_client_to_wss_backend(wsgate: GateFactory, tls_files: TlsFiles) -> 
 
 
 def test_tls_listener_offers_alpn_http11(wsgate: GateFactory, tls_files: TlsFiles) -> None:
-    """Chromium needs ALPN on the listener (see DESIGN.md); check it is offered."""
+    """Chromium fails the handshake with a listener that offers no ALPN; check it is offered."""
     port = free_port()
     wsgate(
         "--listen", _ssl_listen(port, tls_files), "--backend", "ws://127.0.0.1:1", wait_port=port

@@ -1,8 +1,8 @@
 """The splice between two legs, written once for both directions.
 
 A leg is anything that can send a message piece by piece, close, and pause
-its reading: an Autobahn server or client protocol, or (later) a raw TCP
-stream. The relay does not know which; it moves message pieces from one leg
+its reading: an Autobahn server or client protocol, or a raw stream
+(``_tcpleg``). The relay does not know which; it moves message pieces from one leg
 to the other, wires backpressure portforward-style, relays the first close,
 and keeps the figures for the connection's closing log line.
 """
