@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NPM_DIR := tests/node
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 # A regular install (twistd finds the plugin the way users' installs do),
 # redone whenever the package's sources change.
@@ -28,6 +28,10 @@ demo: venv
 
 test: venv $(NPM_DIR)/node_modules/.installed
 	$(PY) -m pytest
+
+# The quick loop: everything but the tests marked slow (CONTRIBUTING.rst).
+test-fast: venv $(NPM_DIR)/node_modules/.installed
+	$(PY) -m pytest -m "not slow"
 
 # The benchmarks (benchmarks/README.md): about 15 minutes; needs Debian's nginx.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS=--quick

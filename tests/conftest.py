@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from wsgate.testing import TlsFiles, Wsgate, make_tls_files
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, make_tls_files
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+#: Debian's Chromium, which the browser tests drive through Playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+_CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Seconds Chromium may take to start.
+_LAUNCH_TIMEOUT = 30.0
 
 
 @pytest.fixture
-def wsgate(tmp_path: Path) -> Iterator[Callable[..., Wsgate]]:
+def wsgate(tmp_path: Path) -> Iterator[GateFactory]:
     """Start ``twistd -n wsgate ARGS`` (on a free port unless --listen is given)."""
     started: list[Wsgate] = []
 
@@ -28,3 +46,32 @@ def wsgate(tmp_path: Path) -> Iterator[Callable[..., Wsgate]]:
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def browser(tls_files: TlsFiles) -> Iterator[Browser]:
+    """A headless Chromium that trusts ``tls_files``' certificate, one per test module.
+
+    It trusts through ``--ignore-certificate-errors-spki-list``: only a
+    certificate with that exact public key is let through; every other check
+    (name, dates, the handshake itself) still runs.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (PyPI) is not installed: pip install '.[test]'"
+    )
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                *_CHROMIUM_ARGS,
+                f"--ignore-certificate-errors-spki-list={tls_files.spki_sha256}",
+            ],
+            timeout=_LAUNCH_TIMEOUT * 1000,
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()

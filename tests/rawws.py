@@ -1,5 +1,6 @@
 """A raw WebSocket client whose reading and writing pace a test controls, and
-the proxy's peak RSS: for the memory (backpressure) tests."""
+the proxy's peak RSS: for the memory (backpressure) tests; the upgrade request
+head for tests that speak WebSocket byte by byte."""
 
 from __future__ import annotations
 
@@ -31,14 +32,31 @@ async def chunks(total: int, size: int = MIB) -> AsyncIterator[bytes]:
         yield block
 
 
+#: RFC 6455's sample key, for tests that do not check the accept value.
+SAMPLE_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade_request(
+    target: bytes = b"/", host: bytes = b"127.0.0.1", *fields: bytes, key: bytes = SAMPLE_KEY
+) -> bytes:
+    """A WebSocket upgrade request head with no permessage-deflate offer;
+    ``fields`` are more header lines, e.g. ``b"Origin: https://a.example"``."""
+    lines = [
+        b"GET " + target + b" HTTP/1.1",
+        b"Host: " + host,
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: 13",
+        b"Sec-WebSocket-Key: " + key,
+        *fields,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
 async def raw_handshake(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A client with no permessage-deflate whose reading pace the test controls."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=MIB)
-    key = base64.b64encode(os.urandom(16))
-    writer.write(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
-    )
+    writer.write(upgrade_request(key=base64.b64encode(os.urandom(16))))
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 "), head
     return reader, writer

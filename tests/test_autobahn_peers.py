@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from wsgate.testing import Wsgate, free_port, wait_for_port
+from wsgate.testing import GateFactory, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-GateFactory = Callable[..., Wsgate]
 
 
 @pytest.fixture

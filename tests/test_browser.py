@@ -7,10 +7,8 @@ on its own: the browser says what it got (``WebSocket.extensions``), the
 Node server prints what it accepted, and wsgate's ``open`` log line names
 both.
 
-Chromium trusts the throw-away certificate through
-``--ignore-certificate-errors-spki-list``: only a certificate with that
-exact public key is let through, every other check (name, dates, the
-handshake itself) still runs.
+Chromium trusts the throw-away certificate by its public key (the
+``browser`` fixture in conftest.py).
 """
 
 from __future__ import annotations
@@ -21,40 +19,26 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from node_echo import NodeEcho, node_echo_server, node_missing
 
-from wsgate.testing import TlsFiles, Wsgate, free_port, make_tls_files
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port, make_tls_files
 
-pytestmark = [pytest.mark.browser, pytest.mark.node]
+pytestmark = [pytest.mark.browser, pytest.mark.node, pytest.mark.slow]
 
-GateFactory = Callable[..., Wsgate]
 
-CHROMIUM = Path("/usr/bin/chromium")
 #: Upper bound for any single wait in this module, in seconds.
 TIMEOUT = 30.0
 MIB = 1024 * 1024
 SUBPROTOCOL = "echo.wsgate.test"
 COOKIE = "wsgate_story=chromium"
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 def _missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
     if (reason := node_missing()) is not None:
         return reason
     try:
@@ -67,7 +51,7 @@ def _missing() -> str | None:
 if (_reason := _missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
 from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 
 # --------------------------------------------------------------------------
@@ -242,7 +226,7 @@ COMPRESSIBLE: list[dict[str, Any]] = [
 
 
 # --------------------------------------------------------------------------
-# Peers: the page server, the Node backend, the browser.
+# Peers: the page server and the Node backend (the browser is conftest.py's).
 # --------------------------------------------------------------------------
 
 
@@ -283,24 +267,6 @@ def page_url() -> Iterator[str]:
 def node_echo(tmp_path: Path) -> Iterator[NodeEcho]:
     with node_echo_server(tmp_path / "echo_server.stderr") as echo:
         yield echo
-
-
-@pytest.fixture(scope="module")
-def browser(tls_files: TlsFiles) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                *CHROMIUM_ARGS,
-                f"--ignore-certificate-errors-spki-list={tls_files.spki_sha256}",
-            ],
-            timeout=TIMEOUT * 1000,
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -108,17 +108,28 @@ def test_missing_certificate_for_ssl_listener_is_an_error() -> None:
 
 
 def test_twistd_exits_nonzero_before_binding() -> None:
-    port = free_port()
-    result = subprocess.run(
-        [*TWISTD, "wsgate", "--listen", f"tcp:{port}:interface=127.0.0.1", "--backend", "ftp://x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # The port is taken: had wsgate tried to listen first, it would say so.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *TWISTD,
+                "wsgate",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--backend",
+                "ftp://x",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode != 0
-    assert "must start with ws:// or wss://" in result.stdout + result.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # nothing was bound
+    output = result.stdout + result.stderr
+    assert "must start with ws:// or wss://" in output
+    assert "cannot listen" not in output and "Address already in use" not in output
 
 
 def test_twistd_exits_nonzero_when_port_taken(tmp_path: Path) -> None:

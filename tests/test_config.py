@@ -186,12 +186,13 @@ def test_readme_reference_is_the_code_s() -> None:
     )
 
 
-def test_readme_is_valid_restructuredtext() -> None:
+@pytest.mark.parametrize("name", ["README.rst", "CONTRIBUTING.rst"])
+def test_readme_is_valid_restructuredtext(name: str) -> None:
     import docutils.core
     import docutils.nodes
 
     doctree = docutils.core.publish_doctree(
-        (ROOT / "README.rst").read_text(),
+        (ROOT / name).read_text(),
         settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": False},
     )
     problems = [node.astext() for node in doctree.findall(docutils.nodes.system_message)]

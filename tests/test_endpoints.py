@@ -5,20 +5,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend
+from rawws import upgrade_request
 
-from wsgate.testing import Wsgate, free_port, wait_for_port
+from wsgate.testing import GateFactory, Wsgate, free_port, wait_for_port
 
-GateFactory = Callable[..., Wsgate]
-
-HANDSHAKE = (
-    b"GET /e HTTP/1.1\r\nHost: gw.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-)
+HANDSHAKE = upgrade_request(b"/e", b"gw.example")
 PING_TEXT = bytes([0x81, 0x82, 0, 0, 0, 0]) + b"hi"  # masked (zero mask) text "hi"
 
 

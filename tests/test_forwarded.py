@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rawws import RecordingBackend
+from rawws import RecordingBackend, upgrade_request
 from twisted.python import usage
 
 from wsgate._config import ConfigError
 from wsgate._configfile import load_file
 from wsgate._headers import ClientRequest, backend_headers, peer_trusted
 from wsgate.tap import Options
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, free_port
 
 _SPOOFED = {
     "host": "h",
@@ -82,11 +79,13 @@ def test_from_the_file_and_the_command_line(tmp_path: Path) -> None:
         Options().parseOptions(["--backend", "ws://h", "--trust-forwarded-from", "x"])
 
 
-_REQUEST = (
-    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n"
-    b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\r\n"
+_REQUEST = upgrade_request(
+    b"/",
+    b"h",
+    b"X-Forwarded-For: 6.6.6.6",
+    b"Forwarded: for=6.6.6.6",
+    b"X-Forwarded-Proto: https",
+    b"X-Forwarded-Host: evil.example",
 )
 
 

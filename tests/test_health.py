@@ -11,7 +11,6 @@ import asyncio
 import functools
 import http.client
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from peers import TIMEOUT, backend, client
@@ -25,9 +24,7 @@ from wsgate._pool import BackendPool
 from wsgate._routing import Router
 from wsgate._service import _connector
 from wsgate._tokens import TokenFile
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, free_port
 
 
 def test_route_label() -> None:

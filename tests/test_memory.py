@@ -7,16 +7,15 @@ wsgate's peak RSS (VmHWM from /proc), not any timing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from peers import backend
 from rawws import MIB, chunks, masked_frame, peak_rss, raw_handshake
 from websockets.asyncio.server import ServerConnection
 
-from wsgate.testing import Wsgate, free_port
+from wsgate.testing import GateFactory, free_port
 
-GateFactory = Callable[..., Wsgate]
+pytestmark = pytest.mark.slow
 
 #: "a few MiB": the bound the core issue sets for a 256 MiB message.
 MAX_GROWTH = 16 * MIB

@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from node_echo import NODE_DIR, TIMEOUT, NodeEcho, node_echo_server, node_missing
 from websockets.asyncio.client import connect
 
-from wsgate.testing import Wsgate
+from wsgate.testing import GateFactory, Wsgate
 
 pytestmark = pytest.mark.node
 
 if (_reason := node_missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
-GateFactory = Callable[..., Wsgate]
 
 #: Many small, similar messages: a chat or a price feed. Deflate with context
 #: takeover shrinks these several times; without it each one is compressed

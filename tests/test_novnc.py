@@ -25,23 +25,12 @@ from typing import Any
 import pytest
 from vnc import TIMEOUT, Colour, Xvnc, novnc_missing, novnc_web_root, start_xvnc, xvnc_missing
 
-from wsgate.testing import TlsFiles, Wsgate, free_port
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-GateFactory = Callable[..., Wsgate]
 XvncFactory = Callable[[Colour, str], Xvnc]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: What Xvnc's geometry gives noVNC's canvas.
 WIDTH, HEIGHT = 320, 240
 #: Where the colour is read: the corners and the middle of the desktop.
@@ -60,8 +49,6 @@ BLUE: Colour = (0x20, 0x40, 0xC0)
 
 
 def _missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
     for reason in (xvnc_missing(), novnc_missing()):
         if reason is not None:
             return reason
@@ -75,11 +62,11 @@ def _missing() -> str | None:
 if (_reason := _missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 # --------------------------------------------------------------------------
-# Peers: the desktops, the gateway, the browser.
+# Peers: the desktops and the gateway (the browser is conftest.py's).
 # --------------------------------------------------------------------------
 
 
@@ -115,24 +102,6 @@ def start_gate(
         scheme = "https"
     gate = wsgate("--listen", listen, *backend, "--web", str(web_root), wait_port=port)
     return gate, f"{scheme}://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def browser(tls_files: TlsFiles) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                *CHROMIUM_ARGS,
-                f"--ignore-certificate-errors-spki-list={tls_files.spki_sha256}",
-            ],
-            timeout=TIMEOUT * 1000,
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from rawws import RecordingBackend, exchange
+from rawws import RecordingBackend, exchange, upgrade_request
 
 from wsgate._routing import Router, normalize_path
 from wsgate.testing import Wsgate, free_port
@@ -113,15 +113,10 @@ def test_bypass_variants_route_to_the_deeper_route(path: str) -> None:
 
 # -- end to end ---------------------------------------------------------------------
 
-_UPGRADE = (
-    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-)
-
 
 def _get(port: int, target: bytes, origin: bytes = b"") -> bytes:
-    origin_line = b"Origin: " + origin + b"\r\n" if origin else b""
-    return exchange(port, b"GET " + target + b" HTTP/1.1\r\n" + origin_line + _UPGRADE + b"\r\n")
+    origin_line = (b"Origin: " + origin,) if origin else ()
+    return exchange(port, upgrade_request(target, b"x", *origin_line))
 
 
 def _path_seen(head: bytes) -> bytes:

@@ -8,16 +8,14 @@ import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Callable
 
 import pytest
 from peers import TIMEOUT, backend, client, negotiated
+from rawws import upgrade_request
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, free_port
 
 MIXES = [("on", "on"), ("on", "off"), ("off", "on"), ("off", "off")]
 
@@ -219,10 +217,7 @@ def test_plain_get_is_426_and_bad_handshake_400(wsgate: GateFactory) -> None:
     async def main() -> None:
         plain = await request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert plain.startswith(b"HTTP/1.1 426 ")
-        bad_key = await request(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n"
-        )
+        bad_key = await request(upgrade_request(host=b"x", key=b"short"))
         assert bad_key.startswith(b"HTTP/1.1 400 Bad Request")
         assert b"Sec-WebSocket-Key" in bad_key  # the reason is in the body
 
@@ -237,10 +232,12 @@ def test_malformed_deflate_offer_is_declined_not_refused(wsgate: GateFactory) ->
         async with backend(port):
             reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
             writer.write(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=8; "
-                b"bogus=1, permessage-deflate\r\n\r\n"
+                upgrade_request(
+                    b"/",
+                    b"x",
+                    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=8; "
+                    b"bogus=1, permessage-deflate",
+                )
             )
             async with asyncio.timeout(TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -490,11 +487,7 @@ def test_frames_sent_before_the_101_are_kept_in_order(wsgate: GateFactory) -> No
         async with backend(port):
             reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
             writer.write(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-                + frame(b"one")
-                + frame(b"two")
-                + frame(b"three")
+                upgrade_request(host=b"x") + frame(b"one") + frame(b"two") + frame(b"three")
             )
             async with asyncio.timeout(TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")

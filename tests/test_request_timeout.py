@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,7 @@ from wsgate._configfile import load_file
 from wsgate._frontend import FrontendFactory, ListenerRoutes
 from wsgate._routing import Router
 from wsgate.tap import Options
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, free_port
 
 _LISTENER = '[[listener]]\nendpoint = "tcp:8080"\n'
 _ROUTE = '[[route]]\nbackend = "ws://127.0.0.1:9000"\n'

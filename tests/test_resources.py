@@ -16,20 +16,18 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend, client
+from rawws import upgrade_request
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from wsgate._backend import BackendError, connect_failure
 from wsgate._limits import ThrottledObserver
-from wsgate.testing import Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, Wsgate, free_port
 
 URL = "ws://127.0.0.1:9000"
 
@@ -248,11 +246,7 @@ async def _cycle(port: int) -> None:
     """Open a WebSocket through wsgate, one message there and back, close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
+        writer.write(upgrade_request())
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
         writer.write(b"\x82\x85\x00\x00\x00\x00hello")

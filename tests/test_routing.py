@@ -13,8 +13,6 @@ from wsgate._routing import (
     check_host_pattern,
     check_prefix,
     duplicate_routes,
-    host_matches,
-    host_specificity,
     normalize_host,
     normalize_host_pattern,
     prefix_matches,
@@ -27,6 +25,34 @@ class Route:
     hosts: tuple[str, ...]
     prefix: str
     name: int = 0
+
+
+# The brute-force model's parts: the rules as written, one pattern at a time
+# (the Router gets the same answers with dict lookups).
+
+
+def host_matches(pattern: str, host: str | None) -> bool:
+    """Whether ``pattern`` matches a host as :func:`normalize_host` gives it."""
+    if host is None:
+        return False
+    pattern = normalize_host_pattern(pattern)
+    if pattern.startswith("*."):
+        return len(host) > len(pattern) - 1 and host.endswith(pattern[1:])
+    return host == pattern
+
+
+def host_specificity(pattern: str | None) -> tuple[int, int]:
+    """Sort key for patterns that match one host: higher is more specific.
+
+    An exact name beats any wildcard, a wildcard with more labels beats one
+    with fewer, and every pattern beats ``None`` (a route for any host).
+    """
+    if pattern is None:
+        return (0, 0)
+    pattern = normalize_host_pattern(pattern)
+    if pattern.startswith("*."):
+        return (1, pattern.count("."))
+    return (2, 0)
 
 
 def routes_of(*specs: tuple[tuple[str, ...], str]) -> list[Route]:

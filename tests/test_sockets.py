@@ -12,15 +12,12 @@ import ctypes
 import os
 import socket
 import ssl
-from collections.abc import Callable
 
 import pytest
 from peers import TIMEOUT, backend, client
 from test_stream import tcp_server
 
-from wsgate.testing import TlsFiles, Wsgate, free_port
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port
 
 _SYS_PIDFD_OPEN, _SYS_PIDFD_GETFD = 434, 438  # the same on x86_64 and aarch64
 _libc = ctypes.CDLL(None, use_errno=True)

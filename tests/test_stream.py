@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, client
-from rawws import MIB, masked_frame, peak_rss, raw_handshake
+from rawws import MIB, masked_frame, peak_rss, raw_handshake, upgrade_request
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsgate.testing import TlsFiles, Wsgate, free_port
+from wsgate.testing import GateFactory, TlsFiles, free_port
 
-GateFactory = Callable[..., Wsgate]
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MAX_GROWTH = 16 * MIB
 
@@ -319,11 +318,7 @@ def test_static_files_beside_the_websocket(wsgate: GateFactory, tmp_path: Path) 
             assert head.startswith(b"HTTP/1.1 200")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
-            writer.write(
-                b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            )
+            writer.write(upgrade_request(b"/websockify", b"x"))
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101"), head
             sent = masked_frame(0x2, 4, fin=True)  # mask 0: the payload is its last 4 bytes
@@ -336,6 +331,7 @@ def test_static_files_beside_the_websocket(wsgate: GateFactory, tmp_path: Path) 
     assert "Traceback" not in gate.log()
 
 
+@pytest.mark.slow
 def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> None:
     total = 256 * MIB
     port = free_port()
@@ -368,6 +364,7 @@ def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> N
     assert growth < MAX_GROWTH, f"wsgate grew by {growth / MIB:.1f} MiB"
 
 
+@pytest.mark.slow
 def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFactory) -> None:
     total = 128 * MIB
     port = free_port()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend, client
 from websockets.exceptions import InvalidStatus
 
-from wsgate.testing import TlsFiles, Wsgate, free_port, make_tls_files
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port, make_tls_files
 
 
 def _server_context(files: TlsFiles) -> ssl.SSLContext:
@@ -59,7 +56,7 @@ def test_wss_client_to_wss_backend(wsgate: GateFactory, tls_files: TlsFiles) -> 
 
 
 def test_tls_listener_offers_alpn_http11(wsgate: GateFactory, tls_files: TlsFiles) -> None:
-    """Chromium needs ALPN on the listener (see DESIGN.md); check it is offered."""
+    """Chromium fails the handshake with a listener that offers no ALPN; check it is offered."""
     port = free_port()
     wsgate(
         "--listen", _ssl_listen(port, tls_files), "--backend", "ws://127.0.0.1:1", wait_port=port

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from twisted.python import usage
 from wsgate._config import ConfigError
 from wsgate._configfile import load_file
 from wsgate.tap import Options
-from wsgate.testing import TlsFiles, Wsgate, free_port, make_tls_files
-
-GateFactory = Callable[..., Wsgate]
+from wsgate.testing import GateFactory, TlsFiles, free_port, make_tls_files
 
 _CBC_SHA1 = {"rsa": "ECDHE-RSA-AES128-SHA", "ec": "ECDHE-ECDSA-AES128-SHA"}
 _GCM = {"rsa": "ECDHE-RSA-AES128-GCM-SHA256", "ec": "ECDHE-ECDSA-AES128-GCM-SHA256"}

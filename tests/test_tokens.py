@@ -16,7 +16,15 @@ from twisted.internet.testing import MemoryReactor
 
 from wsgate import _tokens
 from wsgate._config import ConfigError
-from wsgate._tokens import Target, TokenFile, parse_tokens
+from wsgate._tokens import Target, TokenFile
+
+
+def parse_tokens(text: str, source: str) -> tuple[dict[str, Target], list[str]]:
+    """The tokens in one file's text and its problems, as a TokenFile reads each file."""
+    found: dict[str, tuple[Target, str]] = {}
+    problems: list[str] = []
+    _tokens._parse_into(found, problems, text, source)
+    return {token: target for token, (target, _) in found.items()}, problems
 
 
 def one(line: str) -> Target | str:

@@ -25,7 +25,6 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsgate import _deflate
@@ -35,8 +34,6 @@ from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
 from wsgate._wsleg import RelayedLeg, leg_options
 
 _P = TypeVar("_P", bound=Protocol)
-
-_log = Logger(namespace="wsgate")
 
 
 class BackendError(Exception):
@@ -146,8 +143,6 @@ class BackendConnector:
     """Opens backend legs to one backend of a route, with the route's settings."""
 
     def __init__(self, reactor: Any, settings: RouteSettings, backend: Backend) -> None:
-        self._reactor = reactor
-        self._settings = settings
         self._backend = backend
         self._factory = WebSocketClientFactory(url=backend.url, reactor=reactor)
         policy = settings.backend_deflate
@@ -162,14 +157,6 @@ class BackendConnector:
         self._endpoint = _tcp_endpoint(
             reactor, backend.host, backend.port, settings.connect_timeout
         )
-
-    @property
-    def url(self) -> str:
-        return self._backend.url
-
-    @property
-    def backend(self) -> Backend:
-        return self._backend
 
     def connect(
         self,

@@ -62,10 +62,6 @@ class Backend:
         query = "&".join(q for q in (self.query, request_query) if q)
         return f"{path}?{query}" if query else path
 
-    @property
-    def display(self) -> str:
-        return self.url
-
     def __str__(self) -> str:
         return self.url
 
@@ -131,10 +127,11 @@ def parse_backend(url: str, where: str = "--backend") -> AnyBackend:
 
 def _parse_stream_backend(description: str, where: str) -> StreamBackend:
     from twisted.internet.endpoints import clientFromString
-    from twisted.internet.testing import MemoryReactor
+
+    from wsgate._parseonly import PARSE_ONLY_REACTOR
 
     try:
-        clientFromString(MemoryReactor(), description)
+        clientFromString(PARSE_ONLY_REACTOR, description)
     except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError, ...
         raise ConfigError(
             f"{where}: {description!r}: {e or type(e).__name__} (expected a Twisted client "

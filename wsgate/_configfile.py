@@ -594,10 +594,11 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
 def check_endpoint(description: str) -> str | None:
     """Parse an endpoint string without binding it: None, or what is wrong."""
     from twisted.internet import endpoints
-    from twisted.internet.testing import MemoryReactor
+
+    from wsgate._parseonly import PARSE_ONLY_REACTOR
 
     try:
-        endpoints.serverFromString(MemoryReactor(), description)
+        endpoints.serverFromString(PARSE_ONLY_REACTOR, description)
     except OSError as e:  # a file the endpoint names (a key, a certificate)
         return str(e)
     except Exception as e:  # endpoint parsers raise ValueError, KeyError, SSL errors

@@ -1,8 +1,8 @@
 """The splice between two legs, written once for both directions.
 
 A leg is anything that can send a message piece by piece, close, and pause
-its reading: an Autobahn server or client protocol, or (later) a raw TCP
-stream. The relay does not know which; it moves message pieces from one leg
+its reading: an Autobahn server or client protocol, or a raw stream
+(``_tcpleg``). The relay does not know which; it moves message pieces from one leg
 to the other, wires backpressure portforward-style, relays the first close,
 and keeps the figures for the connection's closing log line.
 """
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgate import _closecodes
@@ -105,9 +104,6 @@ class Stats:
 
     upstream: _Direction = field(default_factory=_Direction)  # client -> backend
     downstream: _Direction = field(default_factory=_Direction)  # backend -> client
-
-
-_log = Logger(namespace="wsgate")
 
 
 class Relay:

@@ -20,8 +20,6 @@ __all__ = [
     "check_host_pattern",
     "check_prefix",
     "duplicate_routes",
-    "host_matches",
-    "host_specificity",
     "normalize_host",
     "normalize_host_pattern",
     "normalize_path",
@@ -148,30 +146,6 @@ def normalize_host_pattern(pattern: str) -> str:
     return pattern[:-1] if pattern.endswith(".") else pattern
 
 
-def host_matches(pattern: str, host: str | None) -> bool:
-    """Whether ``pattern`` matches a host as :func:`normalize_host` gives it."""
-    if host is None:
-        return False
-    pattern = normalize_host_pattern(pattern)
-    if pattern.startswith("*."):
-        return len(host) > len(pattern) - 1 and host.endswith(pattern[1:])
-    return host == pattern
-
-
-def host_specificity(pattern: str | None) -> tuple[int, int]:
-    """Sort key for patterns that match one host: higher is more specific.
-
-    An exact name beats any wildcard, a wildcard with more labels beats one
-    with fewer, and every pattern beats ``None`` (a route for any host).
-    """
-    if pattern is None:
-        return (0, 0)
-    pattern = normalize_host_pattern(pattern)
-    if pattern.startswith("*."):
-        return (1, pattern.count("."))
-    return (2, 0)
-
-
 def check_prefix(prefix: str) -> str | None:
     """None if ``prefix`` is a valid path prefix, else why not and what is valid."""
     reason = _prefix_problem(prefix)
@@ -274,8 +248,9 @@ def rewrite_path(prefix: str, replacement: str | None, path: str) -> str:
 class Router(Generic[R]):
     """Picks the route for a (host, path), cheaply, from routes fixed at config load.
 
-    Longest prefix first; for one prefix, the most specific host pattern
-    (see :func:`host_specificity`); then the earliest route. A match costs a
+    Longest prefix first; for one prefix, the most specific host pattern (an
+    exact name, then the wildcard with the most labels, then a route for any
+    host); then the earliest route. A match costs a
     dict lookup per distinct prefix length and per label of the host, however
     many routes there are.
     """

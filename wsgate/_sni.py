@@ -41,8 +41,10 @@ __all__ = [
     "tls_factory",
 ]
 
-#: Offered on every certificate's context: Chromium fails the handshake
-#: without ALPN (see DESIGN.md), and SNI switches context before ALPN runs.
+#: Offered on every certificate's context: Chromium fails the handshake with
+#: ERR_SSL_PROTOCOL_ERROR when a listener offers no ALPN (seen with the
+#: OpenSSL that cryptography bundles), and SNI switches context before ALPN
+#: runs.
 _ALPN = [b"http/1.1"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)

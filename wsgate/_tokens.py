@@ -95,18 +95,6 @@ class Target:
         return f"{host}:{self.port}"
 
 
-def parse_tokens(text: str, source: str) -> tuple[dict[str, Target], list[str]]:
-    """The tokens in one file's text, and one problem per bad line.
-
-    Never raises: a token file is edited by hand while the gateway runs, and one
-    bad line must not hide the good ones.
-    """
-    found: dict[str, tuple[Target, str]] = {}
-    problems: list[str] = []
-    _parse_into(found, problems, text, source)
-    return {token: target for token, (target, _) in found.items()}, problems
-
-
 class TokenFile:
     """A token file (or directory of them) that follows its edits.
 
@@ -245,6 +233,9 @@ def _os_error(e: OSError, path: str) -> str:
 def _parse_into(
     found: dict[str, tuple[Target, str]], problems: list[str], text: str, source: str
 ) -> None:
+    """Add one file's tokens to ``found`` (token -> target and where) and one
+    problem per bad line. Never raises: a token file is edited by hand while
+    the gateway runs, and one bad line must not hide the good ones."""
     for lineno, raw in enumerate(_LINE_BREAK.split(text), start=1):
         where = f"{source}:{lineno}"
         line = raw.strip()

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
-__all__ = ["TlsFiles", "Wsgate", "free_port", "make_tls_files", "wait_for_port"]
+__all__ = ["GateFactory", "TlsFiles", "Wsgate", "free_port", "make_tls_files", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -116,6 +117,15 @@ class Wsgate:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class GateFactory(Protocol):
+    """What a test fixture that starts gateways hands a test (our tests'
+    ``wsgate`` fixture): start ``twistd -n wsgate ARGS``, wait until it
+    listens (on ``wait_port`` when the args name their own listeners), and
+    stop it after the test."""
+
+    def __call__(self, *args: str, wait_port: int | None = None) -> Wsgate: ...
 
 
 @dataclass(frozen=True)
