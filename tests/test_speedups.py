@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pprint
 import socket
+from pathlib import Path
 
 from autobahn.nvx._utf8validator import Utf8Validator as NativeValidator
 from autobahn.nvx._xormasker import create_xor_masker as native_masker
@@ -15,6 +16,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from wsgate import _speedups
+from wsgate._configfile import load_file
+from wsgate._service import Gateway
 
 
 def _installed() -> tuple[object, object]:
@@ -142,3 +145,18 @@ def test_autobahn_s_debug_formatting_is_lazy_and_the_same() -> None:
     assert isinstance(lazy, _speedups.LazyFormat)
     assert str(lazy) == pprint.pformat(value)
     assert f"{lazy}" == pprint.pformat(value)
+
+
+def test_building_a_gateway_leaves_the_reactor_as_it_is(tmp_path: Path) -> None:
+    # The shortcuts are installed where twistd starts the service
+    # (tap.makeService), not as a side effect of building one.
+    path = tmp_path / "wsgate.toml"
+    path.write_text('[[listener]]\nendpoint = "tcp:0"\n[[route]]\nbackend = "ws://127.0.0.1:1"\n')
+    reactor = EPollReactor()  # not installed, never run
+    try:
+        Gateway(load_file(str(path)), reactor)
+        assert "doIteration" not in vars(reactor)
+        assert _speedups.fast_poll(reactor)  # what the test would see if it were
+        assert "doIteration" in vars(reactor)
+    finally:
+        reactor._poller.close()

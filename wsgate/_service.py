@@ -54,10 +54,6 @@ class Gateway(service.MultiService):
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
-        from wsgate import _speedups
-
-        _speedups.install()
-        _speedups.fast_poll(reactor)
         self._reactor = reactor
         self.config = config
         self._pools: Pools = {}

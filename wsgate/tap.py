@@ -279,9 +279,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon
+    from wsgate import _daemon, _speedups
     from wsgate._service import make_service
 
     _daemon.watch()
+    _speedups.install()
+    _speedups.fast_poll(reactor)
     service: Any = make_service(options["config"], reactor)
     return service  # type: ignore[no-any-return]
