@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+#: The most other wsgate modules one module may import.
+MOST_IMPORTS = 8
+
 _PACKAGE = Path(__file__).resolve().parent.parent / "wsgate"
 
 
@@ -94,6 +97,13 @@ def test_the_search_finds_a_cycle_and_only_a_cycle() -> None:
     assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": set(), "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
+
+
+def test_no_module_imports_more_than_eight_others() -> None:
+    graph = _graph()
+    assert {"_frontend", "_service", "_config", "_tls"} <= set(graph)
+    heavy = {name: sorted(deps) for name, deps in graph.items() if len(deps) > MOST_IMPORTS}
+    assert heavy == {}
 
 
 def test_no_import_cycle() -> None:
