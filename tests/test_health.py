@@ -19,10 +19,9 @@ from twisted.internet.testing import MemoryReactorClock
 from websockets.exceptions import InvalidStatus
 
 from wsgate._config import AnyBackend, Listener, Route, RouteSettings, parse_backend
-from wsgate._frontend import ListenerRoutes, LiveRoute, route_label
+from wsgate._liveroutes import ListenerRoutes, LiveRoute, connector_for, route_label
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
-from wsgate._service import _connector
 from wsgate._tokens import TokenFile
 from wsgate.testing import GateFactory, free_port
 
@@ -38,7 +37,7 @@ def _live(route: Route, clock: Clock) -> LiveRoute:
     pool: BackendPool[AnyBackend] = BackendPool(
         route.backends, clock, max_fails=settings.max_fails, fail_timeout=settings.fail_timeout
     )
-    make = functools.partial(_connector, MemoryReactorClock(), settings)
+    make = functools.partial(connector_for, MemoryReactorClock(), settings)
     return LiveRoute(route, pool, make)
 
 

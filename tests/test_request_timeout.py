@@ -16,7 +16,8 @@ from twisted.python import usage
 
 from wsgate._config import ConfigError, Listener
 from wsgate._configfile import load_file
-from wsgate._frontend import FrontendFactory, ListenerRoutes
+from wsgate._frontend import FrontendFactory
+from wsgate._liveroutes import ListenerRoutes
 from wsgate._routing import Router
 from wsgate.tap import Options
 from wsgate.testing import GateFactory, free_port

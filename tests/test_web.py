@@ -230,3 +230,19 @@ def test_trickled_second_request_is_closed_at_the_deadline(
     elapsed = asyncio.run(main())
     assert 1.5 <= elapsed <= 6, elapsed  # the 2 s request-head deadline
     assert "Traceback" not in gate.log()
+
+
+def test_a_bad_request_reads_the_same_from_the_site_and_the_door(
+    wsgate: GateFactory, tmp_path: Path
+) -> None:
+    gate = wsgate("--web", str(_site_dir(tmp_path)))
+    # The door refuses a malformed path before routing; twisted.web's channel
+    # (which got the connection) refuses a malformed Content-Length.
+    door = _request(gate.port, b"GET /%00 HTTP/1.1\r\nHost: x\r\n\r\n")
+    site = _request(gate.port, b"GET /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+    assert door[0] == site[0] == 400
+    assert door[1].keys() == site[1].keys()
+    for _, headers, body in (door, site):
+        _one_plain_line(headers, body)
+        assert headers["cache-control"] == "no-store"  # a refusal is not for keeping
+        assert headers["connection"] == "close"

@@ -361,10 +361,33 @@ def parse_balance(value: Any, where: str) -> str:
 def parse_ca_file(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected the path of a PEM file")
-    from wsgate._tls import load_ca_file
-
     load_ca_file(value, where)
     return value
+
+
+def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
+    """A trust root made of every certificate in a PEM file (checked here, at
+    load time, and used by the wss:// legs' TLS)."""
+    from twisted.internet import ssl
+
+    try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path!r}: {e.strerror}") from None
+    blocks = [
+        b"-----BEGIN CERTIFICATE-----"
+        + chunk.split(b"-----END CERTIFICATE-----")[0]
+        + b"-----END CERTIFICATE-----\n"
+        for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
+    if not blocks:
+        raise ConfigError(f"{where}: {path!r} holds no PEM certificate")
+    try:
+        certs = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise ConfigError(f"{where}: {path!r} has a certificate that cannot be read: {e}") from None
+    return ssl.trustRootFromCertificates(certs)
 
 
 # -- per-route settings ------------------------------------------------------------

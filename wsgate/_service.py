@@ -9,7 +9,6 @@ whose endpoint is gone stop listening (their connections go on).
 
 from __future__ import annotations
 
-import functools
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -24,21 +23,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgate import _daemon, _limits
-from wsgate._backend import BackendConnector
-from wsgate._config import (
-    AnyBackend,
-    Config,
-    ConfigError,
-    Listener,
-    Route,
-    RouteSettings,
-    StreamBackend,
-)
-from wsgate._frontend import FrontendFactory, ListenerRoutes, LiveRoute
-from wsgate._pool import BackendPool
-from wsgate._routing import Router
-from wsgate._tcpleg import StreamConnector
+from wsgate import _daemon, _limits, _liveroutes
+from wsgate._config import Config, ConfigError, Listener
+from wsgate._frontend import FrontendFactory
+from wsgate._liveroutes import ListenerRoutes, Pools
 from wsgate._tls import restrict_ciphers
 
 _log = Logger(namespace="wsgate")
@@ -47,10 +35,6 @@ _log = Logger(namespace="wsgate")
 def make_service(config: Config, reactor: Any) -> Gateway:
     """Build, but do not start, the listeners for ``config``."""
     return Gateway(config, reactor)
-
-
-def _route_key(route: Route) -> tuple[Any, ...]:
-    return (route.hosts, route.prefix, route.listeners)
 
 
 @dataclass(slots=True)
@@ -72,7 +56,7 @@ class Gateway(service.MultiService):
         super().__init__()
         self._reactor = reactor
         self.config = config
-        self._pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
+        self._pools: Pools = {}
         self._open: dict[str, _Open] = {}
         self._previous_hup: Any = None
         self._reloading = defer.DeferredLock()
@@ -82,42 +66,10 @@ class Gateway(service.MultiService):
 
     # -- building ---------------------------------------------------------------
 
-    def _build(
-        self, config: Config
-    ) -> tuple[dict[Listener, ListenerRoutes], dict[tuple[Any, ...], BackendPool[AnyBackend]]]:
+    def _build(self, config: Config) -> tuple[dict[Listener, ListenerRoutes], Pools]:
         """Each listener's live routes, and the routes' pools (taking over the
         running ones' load and health)."""
-        live: dict[tuple[Any, ...], LiveRoute] = {}
-        pools: dict[tuple[Any, ...], BackendPool[AnyBackend]] = {}
-        for route in config.routes:
-            settings = route.settings
-            pool: BackendPool[AnyBackend] | None = None
-            tokens = None
-            if route.token_file is not None:
-                from wsgate._tokens import TokenFile
-
-                # No clock: a stat per new connection, so an edit applies at once.
-                tokens = TokenFile(route.token_file)
-            else:
-                pool = BackendPool(
-                    route.backends,
-                    self._reactor,
-                    balance=settings.balance,  # type: ignore[arg-type]
-                    max_fails=settings.max_fails,
-                    fail_timeout=settings.fail_timeout,
-                )
-                previous = self._pools.get(_route_key(route))
-                if previous is not None:
-                    pool.adopt(previous)
-                pools[_route_key(route)] = pool
-            live[_route_key(route)] = LiveRoute(
-                route, pool, functools.partial(_connector, self._reactor, settings), tokens
-            )
-        result = {}
-        for listener in config.listeners:
-            routes = tuple(live[_route_key(r)] for r in config.routes_for(listener))
-            result[listener] = ListenerRoutes(listener, Router(routes), routes)
-        return result, pools
+        return _liveroutes.build(config, self._reactor, self._pools)
 
     def _front(
         self, listener: Listener, routes: ListenerRoutes, certificates: Any
@@ -199,7 +151,7 @@ class Gateway(service.MultiService):
         self,
         config: Config,
         built: dict[Listener, ListenerRoutes],
-        pools: dict[tuple[Any, ...], BackendPool[AnyBackend]],
+        pools: Pools,
         certificates: dict[str, Any],
     ) -> bool:
         """Open every new listener first; only if all open, swap everything in.
@@ -285,12 +237,6 @@ def _why(failure: Failure) -> str:
     if isinstance(value, error.CannotListenError):
         return str(value.socketError)
     return failure.getErrorMessage() or type(value).__name__
-
-
-def _connector(reactor: Any, settings: RouteSettings, backend: AnyBackend) -> Any:
-    if isinstance(backend, StreamBackend):
-        return StreamConnector(reactor, settings, backend)
-    return BackendConnector(reactor, settings, backend)
 
 
 def _load_certificates(listener: Listener) -> Any:

@@ -9,32 +9,10 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-from wsgate._config import ConfigError
+from wsgate._config import load_ca_file
 
 if TYPE_CHECKING:
     from wsgate._config import Backend, RouteSettings
-
-
-def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
-    """A trust root made of every certificate in a PEM file."""
-    try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path!r}: {e.strerror}") from None
-    blocks = [
-        b"-----BEGIN CERTIFICATE-----"
-        + chunk.split(b"-----END CERTIFICATE-----")[0]
-        + b"-----END CERTIFICATE-----\n"
-        for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-    ]
-    if not blocks:
-        raise ConfigError(f"{where}: {path!r} holds no PEM certificate")
-    try:
-        certs = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:
-        raise ConfigError(f"{where}: {path!r} has a certificate that cannot be read: {e}") from None
-    return ssl.trustRootFromCertificates(certs)
 
 
 def backend_tls_options(backend: Backend, settings: RouteSettings) -> Any:

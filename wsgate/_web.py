@@ -18,6 +18,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
+from wsgate import _answers
+
 _log = Logger(namespace="wsgate")
 
 
@@ -149,11 +151,7 @@ class _Channel(http.HTTPChannel):
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        body = b"400 Bad Request\n"
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
-        )
+        self.transport.write(_answers.plain(400, b"400 Bad Request\n"))
         self.loseConnection()
 
     def _arm(self) -> None:

@@ -1,0 +1,240 @@
+"""A listener's front door: what it answers before, or instead of, a WebSocket.
+
+Every request head is checked strictly and routed here. Health, redirects,
+static files and refusals (a bad head, no route, a backend that could not be
+opened) are plain HTTP answers; an upgrade for a route goes on, with the
+route's limits set, to the client leg (``_frontend``) built on this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+from urllib.parse import SplitResult, urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsgate import _answers, _httphead, _web
+from wsgate._backend import BackendError
+from wsgate._config import AnyBackend
+from wsgate._liveroutes import ListenerRoutes, LiveRoute
+from wsgate._routing import normalize_host, normalize_path
+
+_log = Logger(namespace="wsgate")
+
+#: Longest request head read before it is refused with 431.
+_MAX_REQUEST_HEAD = 64 * 1024
+#: Retry-After of a 503 for a local shortage (out of file descriptors): soon
+#: enough for a browser's reconnect, long enough for connections to close.
+_RETRY_AFTER = 2
+
+
+class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
+    """Checks and routes a request head; answers all but a routed upgrade.
+
+    The client leg subclasses it: a routed upgrade finds ``_live`` set and the
+    route's limits applied, and a backend that did not open is ``_refuse``d.
+    """
+
+    factory: DoorFactory
+
+    _head: _httphead.Head | None = None  # checked: what is routed on and forwarded
+    _route_path = "/"  # normalised: what the route is chosen on and the backend gets
+    _live: LiveRoute | None = None
+    _routed: bool = False
+    _retry_after: int | None = None  # seconds, on a 503 for a local shortage
+
+    # -- routing, before Autobahn looks at the request --------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The listener's request-head deadline, on our clock: Autobahn's own
+        # timer rounds down to whole seconds (0.5 s fires at once, 2 s after 1).
+        self._restart_handshake_timer(self.factory.routes.listener.request_timeout)
+
+    def processHandshake(self) -> Any:
+        if self._routed:
+            return super().processHandshake()
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.data) > _MAX_REQUEST_HEAD:
+                self._routed = True
+                return self.failHandshake("request headers too large", 431)
+            try:
+                _httphead.check_partial(self.data)  # a bare LF is answered at once
+            except _httphead.HeadError as e:
+                self._routed = True
+                return self.failHandshake(str(e), 400)
+            return None
+        self._routed = True
+        if end > _MAX_REQUEST_HEAD:
+            return self.failHandshake("request headers too large", 431)
+        try:
+            parts = self._check_head(end)
+        except ValueError as e:
+            return self.failHandshake(str(e), 400)
+        routes = self.factory.routes
+        listener = routes.listener
+        assert self._head is not None
+        headers = self._head.headers()
+        host = normalize_host(headers.get("host"))
+        if listener.health is not None and parts.path == listener.health:
+            return self._respond(*routes.health(), "application/json")
+        if listener.redirect is not None:
+            return self._redirect(listener.redirect, host, parts)
+        if listener.web is not None and not _web.is_upgrade(headers):
+            return self._serve_web()
+        live = routes.router.match(host, self._route_path)
+        if live is None:
+            where = (host or "") + parts.path
+            return self.failHandshake(f"no route for {where}", 404)
+        self._live = live
+        settings = live.route.settings
+        self.maxMessagePayloadSize = settings.autobahn_message_limit
+        self.closeHandshakeTimeout = settings.close_timeout
+        self.perMessageCompressionAccept = live.accept
+        tries = max(1, len(live.route.backends))
+        budget = tries * (settings.connect_timeout + settings.handshake_timeout)
+        self._restart_handshake_timer(budget + 5)
+        return super().processHandshake()
+
+    def _check_head(self, end: int) -> SplitResult:
+        """Check the head's bytes and normalise its path (``ValueError``: 400).
+
+        Autobahn then parses a copy whose obs-text cannot start a line; what
+        wsgate routes on and forwards is this parse.
+        """
+        head = _httphead.parse_head(self.data[: end + 4])
+        parts = urlsplit(head.target)
+        self._route_path = normalize_path(parts.path or "/")
+        self._head = head
+        self.data = _httphead.autobahn_safe(self.data[: end + 4]) + self.data[end + 4 :]
+        return parts._replace(path=self._route_path)
+
+    def _serve_web(self) -> None:
+        call = getattr(self, "openHandshakeTimeoutCall", None)
+        if call is not None:
+            call.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.state = self.STATE_CLOSED  # this protocol is done with the connection
+        data, self.data = self.data, b""
+        _web.hand_over(self.transport, self.factory.web_site(), data)
+
+    def _restart_handshake_timer(self, seconds: float) -> None:
+        call = getattr(self, "openHandshakeTimeoutCall", None)
+        if call is not None:
+            call.cancel()
+            self.openHandshakeTimeoutCall = self.factory.clock.callLater(
+                seconds, self.onOpenHandshakeTimeout
+            )
+
+    def _redirect(self, base: str, host: str | None, parts: SplitResult) -> None:
+        name = host or ""
+        if ":" in name:
+            name = f"[{name}]"
+        location = base.replace("{host}", name).rstrip("/") + (parts.path or "/")
+        if parts.query:
+            location += "?" + parts.query
+        self._respond(308, f"see {location}\n".encode(), "text/plain", [("Location", location)])
+
+    def _respond(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.sendData(_answers.plain(code, body, content_type, headers or ()))
+        self.wasClean = True  # see failHandshake
+        self.dropConnection(abort=False)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """An HTTP answer ends the connection as meant: one log line (Autobahn's
+        "failing WebSocket opening handshake"), not also the "dropping connection
+        ... with abort=False" warning, which stays for connections that end
+        without a closing handshake by accident (a handshake timeout, say)."""
+        self.wasClean = True
+        super().failHandshake(reason, code, responseHeaders)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        # Autobahn puts the detail in the status line and sends no body; send
+        # a standard status line with the detail as a small text body.
+        if code == 499:  # client already gone
+            return
+        self.sendData(_answers.refusal(code, reason, responseHeaders or (), self._retry_after))
+
+    def _retrying(self, backend: AnyBackend, e: BackendError) -> None:
+        _log.warn(
+            "{peer} {path}: backend {backend} failed, trying the next: {status} {reason}",
+            peer=self.peer,
+            path=self._path(),
+            backend=backend.url,
+            status=e.status,
+            reason=e.reason,
+        )
+
+    def _refuse(self, failure: Failure) -> NoReturn:
+        """The client's answer for a backend leg that did not open."""
+        if failure.check(defer.CancelledError):
+            raise ConnectionDeny(499, "client went away")
+        exc = failure.value
+        if isinstance(exc, BackendError):
+            if exc.local:
+                self._retry_after = _RETRY_AFTER
+            _log.warn(
+                "{peer} {path}: backend {backend} not opened: {status} {reason}",
+                peer=self.peer,
+                path=self._path(),
+                backend=exc.backend,
+                status=exc.status,
+                reason=exc.reason,
+            )
+            raise ConnectionDeny(exc.status, exc.reason)
+        _log.failure("opening the backend failed", failure)
+        raise ConnectionDeny(502, "backend could not be opened")
+
+    def _path(self) -> str:
+        return getattr(self, "http_request_uri", "?")
+
+
+@implementer(IProtocolNegotiationFactory)
+class DoorFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """One per listener. Offers ALPN http/1.1, which Chromium needs on TLS listeners."""
+
+    def __init__(self, routes: ListenerRoutes, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        #: Replaced whole by a reload; each connection reads it once, when routed.
+        self.routes = routes
+        self.clock = reactor
+        self._site: tuple[tuple[Any, ...], Any] | None = None
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a client has to send a request head: the WebSocket upgrade's
+        and each plain HTTP request's on a ``web`` listener."""
+        return self.routes.listener.request_timeout
+
+    def web_site(self) -> Any:
+        """The static site of the listener's ``web`` directory (rebuilt on reloads)."""
+        listener = self.routes.listener
+        key = (listener.web, listener.web_index, listener.web_follow_symlinks, self.request_timeout)
+        if self._site is None or self._site[0] != key:
+            assert listener.web is not None
+            site = _web.make_site(
+                listener.web,
+                listener.web_index,
+                self,
+                follow_symlinks=listener.web_follow_symlinks,
+                request_timeout=self.request_timeout,
+                reactor=self.clock,
+            )
+            self._site = (key, site)
+        return self._site[1]
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
