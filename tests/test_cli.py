@@ -77,7 +77,7 @@ def test_routes_and_default_backend() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "--backend, --route, --token-file or --config is required"),
+        ((), "--backend, --route, --token-file, --token-source or --config is required"),
         (("--route", "app=ws://h"), "expected PREFIX=URL"),
         (("--route", "/app"), "expected PREFIX=URL"),
         (("--route", "/a=ws://h", "--route", "/a=ws://g"), "duplicate"),

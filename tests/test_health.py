@@ -22,7 +22,6 @@ from wsgate._config import AnyBackend, Listener, Route, RouteSettings, parse_bac
 from wsgate._liveroutes import ListenerRoutes, LiveRoute, connector_for, route_label
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
-from wsgate._tokens import TokenFile
 from wsgate.testing import GateFactory, free_port
 
 
@@ -108,7 +107,7 @@ def test_token_route_reports_its_file(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("vnc1: 127.0.0.1:5901\nvnc2: 127.0.0.1:5902\n")
     route = Route(name="--token-file", prefix="/websockify", token_file=str(tokens))
-    live = LiveRoute(route, None, lambda b: None, TokenFile(str(tokens)))  # type: ignore[arg-type,return-value]
+    live = LiveRoute(route, None, lambda b: None)  # type: ignore[arg-type,return-value]
     listener = Listener(endpoint="tcp:8080", name="main", health="/healthz")
     routes = ListenerRoutes(listener, Router((live,)), (live,))
     code, status = _answer(routes)

@@ -14,11 +14,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from wsgate._admission import Refused
 from wsgate._backend import BackendError
 from wsgate._config import AnyBackend, Route, RouteSettings, StreamBackend, parse_backend
 from wsgate._liveroutes import LiveRoute
 from wsgate._pool import BackendPool
-from wsgate._tokens import TokenFile
+from wsgate.interfaces import Request
 
 _SYNC = SynchronousTestCase()
 
@@ -43,6 +44,10 @@ class _Connector:
         return defer.succeed(f"leg to {self._backend}")
 
 
+def _client(path: str, query: str) -> Request:
+    return Request("GET", path, query, {}, "127.0.0.1", "test")
+
+
 def _request() -> dict[str, Any]:
     return {"headers": {}, "protocols": [], "origin": None, "useragent": None}
 
@@ -57,7 +62,9 @@ def test_the_backends_are_tried_with_the_rewritten_path_and_the_query() -> None:
     heard: list[AnyBackend] = []
     path = live.backend_path("/app/x")
     assert path == "/x"
-    opening = live.open(path, "q=1", lambda backend, e: heard.append(backend), **_request())
+    opening = live.open(
+        path, _client("/app/x", "q=1"), lambda backend, e: heard.append(backend), **_request()
+    )
     assert _SYNC.successResultOf(opening) == (f"leg to {b}", b)
     assert calls == [(str(a), "/base/x?q=1"), (str(b), "/x?q=1")]
     assert heard == [a]
@@ -69,14 +76,14 @@ def test_an_unknown_token_is_404_and_a_known_one_opens_its_target(tmp_path: Path
     tokens.write_text("vnc1: 127.0.0.1:5901\n")
     route = Route(name="--token-file", prefix="/websockify", token_file=str(tokens))
     calls: list[tuple[str, str]] = []
-    live = LiveRoute(
-        route, None, lambda backend: _Connector(backend, calls, set()), TokenFile(str(tokens))
-    )
-    unknown = live.open("/websockify", "token=nope", lambda b, e: None, **_request())
-    refused = _SYNC.failureResultOf(unknown, BackendError).value
-    assert (refused.status, refused.reason) == (404, "unknown token")
+    live = LiveRoute(route, None, lambda backend: _Connector(backend, calls, set()))
+    client = _client("/websockify", "token=nope")
+    unknown = live.open("/websockify", client, lambda b, e: None, **_request())
+    refused = _SYNC.failureResultOf(unknown, Refused).value
+    assert (refused.status, refused.reason, refused.plugin) == (404, "unknown token", "file")
     assert calls == []
-    known = live.open("/websockify/vnc1", "", lambda b, e: None, **_request())
+    client = _client("/websockify/vnc1", "")
+    known = live.open("/websockify/vnc1", client, lambda b, e: None, **_request())
     leg, backend = _SYNC.successResultOf(known)
     assert isinstance(backend, StreamBackend) and leg == f"leg to {backend}"
     assert calls == [(str(backend), "")]

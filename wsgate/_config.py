@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from wsgate import _deflate
+from wsgate import _deflate, _plugins, _targets
 from wsgate._deflate import DeflatePolicy
+from wsgate._plugins import PluginSpec
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 #: Seconds a client has to send its request head, before it is routed.
@@ -390,6 +391,49 @@ def load_ca_file(path: str, where: str = "--backend-ca") -> Any:
     return ssl.trustRootFromCertificates(certs)
 
 
+def parse_auth(value: Any, where: str, config_dir: str | None = None) -> tuple[PluginSpec, ...]:
+    """Authenticator tables (``[{ plugin = "basic", htpasswd = "users" }]``),
+    each loaded and checked; on the command line, ``NAME:key=value,...``."""
+    if isinstance(value, dict | str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f'{where}: expected an array of tables such as [{{ plugin = "basic" }}]')
+    specs = []
+    for n, item in enumerate(value):
+        try:
+            specs.append(_plugins.parse("auth", item, f"{where}[{n}]", config_dir))
+        except _plugins.PluginError as e:
+            raise ConfigError(str(e)) from None
+    return tuple(specs)
+
+
+def parse_tokens(value: Any, where: str, config_dir: str | None = None) -> PluginSpec:
+    """A token source table (``{ source = "jwt", key_file = "pub.pem" }``)."""
+    try:
+        return _plugins.parse("tokens", value, where, config_dir)
+    except _plugins.PluginError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_token_targets(value: Any, where: str) -> tuple[_targets.TargetPattern, ...] | None:
+    if isinstance(value, tuple):
+        return value
+    if value == ["*"] or value == "*":
+        return None
+    try:
+        return _targets.parse_patterns(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_header_or_empty(value: Any, where: str) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: expected a header name such as "X-Forwarded-User", or ""')
+    return _header_name(value, where)
+
+
 # -- per-route settings ------------------------------------------------------------
 
 
@@ -415,6 +459,11 @@ class RouteSettings:
     balance: str = "round-robin"
     max_fails: int = 1
     fail_timeout: float = 10.0
+    auth: tuple[PluginSpec, ...] = ()
+    auth_timeout: float = 10.0
+    token_timeout: float = 10.0
+    token_targets: tuple[_targets.TargetPattern, ...] | None = None  # None: any
+    forward_user_header: str = "x-forwarded-user"
 
     @property
     def autobahn_message_limit(self) -> int:
@@ -562,6 +611,50 @@ SETTINGS: tuple[Setting, ...] = (
         "10",
         "Seconds a failed backend rests before it is tried again; 0 = never rests.",
     ),
+    Setting(
+        "auth",
+        parse_auth,
+        "[]",
+        "Authenticators, all of which must pass before a backend is contacted: "
+        "``basic`` (``htpasswd``, bcrypt), ``jwt-bearer``, ``client-cert``, ``origin``, or "
+        'a plugin of your own by ``"module:Class"``; the table\'s other keys are its '
+        "options. See Tokens and authentication. CLI (repeatable): ``--auth "
+        "basic:htpasswd=users.htpasswd``.",
+        example='[{ plugin = "basic", htpasswd = "users.htpasswd" }]',
+    ),
+    Setting(
+        "auth_timeout",
+        parse_seconds,
+        "10",
+        "Seconds an authenticator may take; then the client gets 503.",
+        cli=True,
+    ),
+    Setting(
+        "token_timeout",
+        parse_seconds,
+        "10",
+        "Seconds a token source may take; then the client gets 503.",
+        cli=True,
+    ),
+    Setting(
+        "token_targets",
+        parse_token_targets,
+        '["*"]',
+        "Targets a token source may name (others get 403): ``HOST:PORTS`` with HOST an "
+        "address, a network, a name with ``*`` for one label's characters, or ``*``; "
+        "PORTS a port, ``5900-5999`` or ``*``; ``unix:/path/glob``. Networks match IP "
+        "addresses only, not names.",
+        cli=True,
+        example='["10.0.0.0/8:5900-5999", "vnc-*.internal:5901"]',
+    ),
+    Setting(
+        "forward_user_header",
+        parse_header_or_empty,
+        '"X-Forwarded-User"',
+        "Header that carries the authenticated user's name to the backend (a client's "
+        'own header of that name is always dropped); "" = not sent.',
+        cli=True,
+    ),
 )
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 assert set(SETTINGS_BY_KEY) == {f.name for f in fields(RouteSettings)}
@@ -597,6 +690,7 @@ class Route:
     hosts: tuple[str, ...] = ()  # () = any host
     backends: tuple[AnyBackend, ...] = ()
     token_file: str | None = None  # targets from a websockify token file, by ?token=
+    tokens: PluginSpec | None = None  # targets from a token source, by ?token=
     rewrite: str | None = None  # replaces the matched prefix; None = path kept
     listeners: tuple[str, ...] | None = None  # listener names; None = all
     settings: RouteSettings = field(default_factory=RouteSettings)

@@ -27,11 +27,13 @@ from wsgate._config import (
     Route,
     RouteSettings,
     apply_settings,
+    parse_auth,
     parse_backend,
     parse_bool,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
+    parse_tokens,
 )
 
 _TOP_KEYS = ("defaults", "listener", "route")
@@ -56,6 +58,7 @@ _ROUTE_KEYS = (
     "backend",
     "backends",
     "token_file",
+    "tokens",
     "strip_prefix",
     "rewrite",
     "listeners",
@@ -172,6 +175,15 @@ ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
         "segment after the prefix. Re-read when it changes; an unknown token is a 404.",
     ),
     (
+        "tokens",
+        "(none)",
+        "Instead of backends: a token source that names the target of the client's "
+        '``?token=`` (or last path segment): ``{ source = "file" | "jwt" | "http" | '
+        '"redis" | "unix-dir" | "module:Class", ... }``, its options beside ``source``. '
+        "Targets are checked against ``token_targets``. See Tokens and authentication. "
+        "CLI: ``--token-source jwt:key_file=pub.pem``.",
+    ),
+    (
         "strip_prefix",
         "false",
         'Remove the matched prefix from the path passed on (same as ``rewrite = "/"``).',
@@ -265,6 +277,12 @@ class _FileReader:
         values = {k: v for k, v in raw.items() if k in SETTINGS_BY_KEY}
         if isinstance(values.get("backend_ca"), str):
             values["backend_ca"] = self._relative(values["backend_ca"])
+        if "auth" in values:
+            try:
+                values["auth"] = parse_auth(values["auth"], self._at(table, "auth"), self._dir)
+            except ConfigError as e:
+                self.errors.append(str(e))
+                del values["auth"]
         settings, errors = apply_settings(base, values, lambda key: self._at(table, key))
         self.errors.extend(errors)
         return settings
@@ -392,10 +410,17 @@ class _FileReader:
         token_file = self._string(table, raw, "token_file")
         if token_file is not None:
             token_file = self._relative(token_file)
-        if sum(key in raw for key in ("backend", "backends", "token_file")) > 1:
+        tokens = None
+        if sum(key in raw for key in ("backend", "backends", "token_file", "tokens")) > 1:
             self.errors.append(
-                f"{self._at(table)}: give one of backend, backends or token_file, not several"
+                f"{self._at(table)}: give one of backend, backends, token_file or tokens, "
+                "not several"
             )
+        elif "tokens" in raw:
+            try:
+                tokens = parse_tokens(raw["tokens"], self._at(table, "tokens"), self._dir)
+            except ConfigError as e:
+                self.errors.append(str(e))
         elif "token_file" in raw:
             if token_file is not None:
                 from wsgate._tokens import TokenFile
@@ -413,7 +438,7 @@ class _FileReader:
         else:
             self.errors.append(
                 f'{self._at(table)}: no backend: add backend = "ws://127.0.0.1:9000" '
-                '(or backends = [...], or token_file = "...")'
+                '(or backends = [...], token_file = "..." or tokens = {...})'
             )
         for url in urls:
             try:
@@ -452,6 +477,7 @@ class _FileReader:
             hosts=hosts,
             backends=tuple(backends),
             token_file=token_file,
+            tokens=tokens,
             rewrite=rewrite,
             listeners=listeners,
             settings=settings,

@@ -8,18 +8,20 @@ route's limits set, to the client leg (``_frontend``) built on this class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgate import _answers, _httphead, _web
+from wsgate._admission import Refused, Request, forward_user
 from wsgate._backend import BackendError
 from wsgate._config import AnyBackend
 from wsgate._liveroutes import ListenerRoutes, LiveRoute
@@ -48,6 +50,8 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
     _live: LiveRoute | None = None
     _routed: bool = False
     _retry_after: int | None = None  # seconds, on a 503 for a local shortage
+    _refusal_headers: tuple[tuple[str, str], ...] = ()  # a plugin's, e.g. WWW-Authenticate
+    _identity: Any = None  # interfaces.Identity, once the route's authenticators passed
 
     # -- routing, before Autobahn looks at the request --------------------------
 
@@ -166,7 +170,47 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         # a standard status line with the detail as a small text body.
         if code == 499:  # client already gone
             return
-        self.sendData(_answers.refusal(code, reason, responseHeaders or (), self._retry_after))
+        headers = responseHeaders or self._refusal_headers
+        self.sendData(_answers.refusal(code, reason, headers, self._retry_after))
+
+    # -- plugins: authenticators and token sources (``_admission``) --------------
+
+    def _plugin_request(self) -> Request:
+        """The request as plugins see it: no Autobahn, no transport."""
+        assert self._head is not None and self._live is not None
+        from wsgate._liveroutes import route_label
+
+        cert = None
+        transport: Any = self.transport
+        if ISSLTransport.providedBy(transport):
+            peer_cert = transport.getPeerCertificate()
+            cert = peer_cert.to_cryptography() if peer_cert is not None else None
+        return Request(
+            method=self._head.method,
+            path=self._route_path,
+            query=self._head.target.partition("?")[2],
+            headers=self._head.headers(),
+            client=getattr(transport.getPeer(), "host", None),
+            route=route_label(self._live.hosts, self._live.prefix),
+            peer_certificate=cert,
+        )
+
+    def _admit_then(
+        self, headers: dict[str, str], open_leg: Callable[[Request], defer.Deferred[Any]]
+    ) -> defer.Deferred[Any]:
+        """Run the route's authenticators, then ``open_leg`` (which asks the
+        token source, if any): no backend is contacted for a refused client."""
+        live = self._live
+        assert live is not None
+        request = self._plugin_request()
+
+        async def admit() -> Any:
+            self._identity = await live.gate.admit(request)
+            identity = self._identity if self._identity and self._identity.name else None
+            forward_user(headers, live.route.settings.forward_user_header, identity)
+            return await open_leg(request)
+
+        return defer.Deferred.fromCoroutine(admit())
 
     def _retrying(self, backend: AnyBackend, e: BackendError) -> None:
         _log.warn(
@@ -183,6 +227,18 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         if failure.check(defer.CancelledError):
             raise ConnectionDeny(499, "client went away")
         exc = failure.value
+        if isinstance(exc, Refused):
+            self._refusal_headers = tuple(exc.headers.items())
+            _log.warn(
+                "{peer} {path}: refused by {plugin}: {status} {reason}{detail}",
+                peer=self.peer,
+                path=self._path(),
+                plugin=exc.plugin,
+                status=exc.status,
+                reason=exc.reason,
+                detail=f" ({exc.detail})" if exc.detail else "",
+            )
+            raise ConnectionDeny(exc.status, exc.reason)
         if isinstance(exc, BackendError):
             if exc.local:
                 self._retry_after = _RETRY_AFTER

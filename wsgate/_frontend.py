@@ -78,16 +78,18 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         for name in settings.remove_headers:
             headers.pop(name, None)
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
-        query = self._head.target.partition("?")[2]
         path = live.backend_path(self._route_path)
-        connecting = self._connecting = live.open(
-            path,
-            query,
-            self._retrying,
-            headers=headers,
-            protocols=protocols,
-            origin=origin,
-            useragent=request_headers.get("user-agent"),
+        connecting = self._connecting = self._admit_then(
+            headers,
+            lambda client: live.open(
+                path,
+                client,
+                self._retrying,
+                headers=headers,
+                protocols=protocols,
+                origin=origin,
+                useragent=request_headers.get("user-agent"),
+            ),
         )
         # It may fire at once (an unknown token): return this Deferred, not
         # the attribute the callbacks reset.
@@ -120,12 +122,13 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         backend = self._backend
         assert backend is not None and self.relay is not None
         _log.info(
-            "open {peer} {path} -> {backend} subprotocol={subprotocol} "
+            "open {peer} {path} -> {backend} user={user} subprotocol={subprotocol} "
             "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route}",
             peer=self.peer,
             path=self._path(),
             route=self._live.route.name if self._live else "-",
             backend=self._chosen.url if self._chosen else "-",
+            user=(self._identity.name if self._identity is not None else "") or "-",
             subprotocol=self.websocket_protocol_in_use,
             client_ext=_deflate.describe_in_use(self.websocket_extensions_in_use),
             backend_ext=_deflate.describe_in_use(backend.websocket_extensions_in_use),

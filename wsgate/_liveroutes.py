@@ -14,20 +14,16 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from wsgate import _deflate, _failover
+from wsgate._admission import Gate, Request
 from wsgate._backend import BackendConnector, BackendError
 from wsgate._config import AnyBackend, Config, Listener, Route, RouteSettings, StreamBackend
 from wsgate._pool import BackendPool
 from wsgate._routing import Router, rewrite_path
 from wsgate._tcpleg import StreamConnector
-from wsgate._tokens import TokenFile
-
-_log = Logger(namespace="wsgate")
 
 #: The running routes' pools, by route (hosts, prefix, listeners).
 Pools = dict[tuple[Any, ...], BackendPool[AnyBackend]]
@@ -52,14 +48,13 @@ class LiveRoute:
 
     __slots__ = (
         "_make_connector",
-        "_tokens_seen",
         "accept",
         "connectors",
+        "gate",
         "hosts",
         "pool",
         "prefix",
         "route",
-        "tokens",
     )
 
     def __init__(
@@ -67,30 +62,25 @@ class LiveRoute:
         route: Route,
         pool: BackendPool[AnyBackend] | None,
         make_connector: Callable[[AnyBackend], Connector],
-        tokens: TokenFile | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.route = route
         self.hosts = route.hosts
         self.prefix = route.prefix
         self.pool = pool
-        self.tokens = tokens
-        self._tokens_seen = -1
+        #: Authenticators, and the token source of a token route.
+        self.gate = gate if gate is not None else Gate(route, None)
         self._make_connector = make_connector
         self.connectors = {b: make_connector(b) for b in route.backends}
         self.accept = _deflate.server_accept(route.settings.client_deflate)
 
-    def candidates(self, path: str, query: str) -> list[AnyBackend]:
-        """The backends to try in order; empty for an unknown token."""
-        if self.tokens is None:
+    async def candidates(self, path: str, request: Request) -> list[AnyBackend]:
+        """The backends to try in order: the pool's, or the one the client's
+        token names (``_admission.Refused`` if none)."""
+        if self.gate.source is None:
             assert self.pool is not None
             return self.pool.candidates()
-        token = _token(self.prefix, path, query)
-        target = self.tokens.lookup(token) if token else None
-        if self.tokens.generation != self._tokens_seen:
-            self._tokens_seen = self.tokens.generation
-            for problem in self.tokens.problems:
-                _log.warn("token file: {problem}", problem=problem)
-        return [] if target is None else [StreamBackend(target.endpoint())]
+        return [await self.gate.backend(self.prefix, path, request)]
 
     def connector(self, backend: AnyBackend) -> Connector:
         found = self.connectors.get(backend)
@@ -103,25 +93,24 @@ class LiveRoute:
     def open(
         self,
         path: str,
-        query: str,
+        client: Request,
         retrying: Callable[[AnyBackend, BackendError], None],
         **request: Any,
     ) -> defer.Deferred[tuple[Any, AnyBackend]]:
         """Open a leg to the first backend that accepts ``request`` (a
         ``Connector.connect``'s keywords); a ``BackendError`` if none does,
-        404 for an unknown token."""
-        return defer.Deferred.fromCoroutine(self._open(path, query, retrying, request))
+        an ``_admission.Refused`` if the client's token names none."""
+        return defer.Deferred.fromCoroutine(self._open(path, client, retrying, request))
 
     async def _open(
         self,
         path: str,
-        query: str,
+        client: Request,
         retrying: Callable[[AnyBackend, BackendError], None],
         request: dict[str, Any],
     ) -> tuple[Any, AnyBackend]:
-        candidates = self.candidates(path, query)
-        if not candidates:
-            raise BackendError(404, "unknown token")
+        query = client.query
+        candidates = await self.candidates(path, client)
 
         def connect(backend: AnyBackend) -> defer.Deferred[Any]:
             resource = backend.resource_for(path, query)
@@ -136,12 +125,8 @@ class LiveRoute:
 
     def status(self) -> dict[str, object]:
         name = route_label(self.hosts, self.prefix)
-        if self.tokens is not None:
-            return {
-                "route": name,
-                "token_file": self.route.token_file,
-                "tokens": self.tokens.tokens_count(),
-            }
+        if self.gate.source is not None:
+            return {"route": name, **self.gate.status()}
         assert self.pool is not None
         return {"route": name, "usable": self.pool.usable(), "backends": self.pool.status()}
 
@@ -150,15 +135,6 @@ def route_label(hosts: Sequence[str], prefix: str) -> str:
     """A route as people write it: ``app.example.com/app``, ``a.com,b.com/``,
     ``*/`` for any host. Unique on a listener, unlike the config's ``#1 (/)``."""
     return (",".join(hosts) or "*") + prefix
-
-
-def _token(prefix: str, path: str, query: str) -> str | None:
-    """websockify's ``?token=``, else the path segment after the route's prefix."""
-    tokens = parse_qs(query).get("token")
-    if tokens:
-        return tokens[0]
-    rest = path[len(prefix) :].strip("/") if path.startswith(prefix) else ""
-    return rest.rsplit("/", 1)[-1] or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +179,8 @@ def build(
     for route in config.routes:
         settings = route.settings
         pool: BackendPool[AnyBackend] | None = None
-        tokens = None
-        if route.token_file is not None:
-            # No clock: a stat per new connection, so an edit applies at once.
-            tokens = TokenFile(route.token_file)
-        else:
+        gate = Gate(route, reactor)
+        if gate.source is None:
             pool = BackendPool(
                 route.backends,
                 reactor,
@@ -220,7 +193,7 @@ def build(
                 pool.adopt(previous)
             pools[route_key(route)] = pool
         live[route_key(route)] = LiveRoute(
-            route, pool, functools.partial(connector_for, reactor, settings), tokens
+            route, pool, functools.partial(connector_for, reactor, settings), gate
         )
     result = {}
     for listener in config.listeners:

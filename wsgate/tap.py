@@ -23,6 +23,7 @@ from wsgate._config import (
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
+    parse_tokens,
 )
 
 
@@ -77,6 +78,13 @@ class Options(usage.Options):
             "when it changes.",
         ],
         [
+            "token-source",
+            None,
+            None,
+            "A token source instead of --token-file: NAME:key=value,... with NAME file, jwt, "
+            "http, redis, unix-dir or module:Class (e.g. jwt:key_file=pub.pem,audience=wsgate).",
+        ],
+        [
             "web",
             None,
             None,
@@ -110,6 +118,16 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["route"] = []
+        self["auth"] = []
+
+    def opt_auth(self, spec: str) -> None:
+        self["auth"].append(spec)
+
+    opt_auth.__doc__ = (
+        "An authenticator every route's clients must pass, repeatable (all must pass): "
+        "NAME:key=value,... with NAME basic, jwt-bearer, client-cert, origin or "
+        "module:Class (e.g. basic:htpasswd=users.htpasswd)."
+    )
 
     def opt_listen(self, description: str) -> None:
         """Twisted server endpoint to listen on, repeatable (tcp:8080,
@@ -172,6 +190,7 @@ class Options(usage.Options):
             for name in (
                 "backend",
                 "token-file",
+                "token-source",
                 "web",
                 "web-index",
                 "web-follow-symlinks",
@@ -183,6 +202,7 @@ class Options(usage.Options):
             if self.get(name)
         ]
         given += ["--listen"] * bool(self["listen"]) + ["--route"] * bool(self["route"])
+        given += ["--auth"] * bool(self["auth"])
         if given:
             raise ConfigError(
                 f"--config cannot be combined with {', '.join(dict.fromkeys(given))}: "
@@ -195,9 +215,10 @@ class Options(usage.Options):
     def _from_command_line(self) -> Config:
         from wsgate._configfile import check
 
-        if not (self["backend"] or self["route"] or self["token-file"] or self["web"]):
+        sources = self["backend"] or self["route"] or self["token-file"] or self["token-source"]
+        if not (sources or self["web"]):
             raise ConfigError(
-                "--backend, --route, --token-file or --config is required "
+                "--backend, --route, --token-file, --token-source or --config is required "
                 "(for example --backend ws://127.0.0.1:9000)"
             )
         raw = {
@@ -207,6 +228,8 @@ class Options(usage.Options):
         }
         if self["backend-insecure"]:
             raw["backend_insecure"] = True
+        if self["auth"]:
+            raw["auth"] = list(self["auth"])
         settings, errors = apply_settings(
             RouteSettings(), raw, lambda key: "--" + key.replace("_", "-")
         )
@@ -243,6 +266,11 @@ class Options(usage.Options):
             except ConfigError as e:
                 raise ConfigError(f"--token-file: {e}") from None
             routes.append(Route(name="--token-file", token_file=path, settings=settings))
+        if self["token-source"]:
+            if self["token-file"]:
+                raise ConfigError("give --token-file or --token-source, not both")
+            tokens = parse_tokens(self["token-source"], "--token-source")
+            routes.append(Route(name="--token-source", tokens=tokens, settings=settings))
         listen = self["listen"] or ["tcp:8080"]
         web = os.path.abspath(self["web"]) if self["web"] else None
         if self["web-follow-symlinks"] and web is None:
