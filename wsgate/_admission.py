@@ -116,23 +116,36 @@ class Gate:
     async def _ask(
         self, name: str, timeout: float, call: Callable[[Request], Any], request: Request
     ) -> Any:
+        timer: Any = None
+        timed_out = False
+
+        def expire(waiting: defer.Deferred[Any]) -> None:
+            nonlocal timed_out
+            timed_out = True
+            waiting.cancel()
+
         try:
             result = call(request)
             if inspect.isawaitable(result):
                 waiting = _deferred(result)
                 if not waiting.called and self._clock is not None:
-                    waiting.addTimeout(timeout, self._clock)
+                    timer = self._clock.callLater(timeout, expire, waiting)
                 result = await waiting
         except Refused:
             raise
         except Refusal as e:
             raise Refused(e.status, e.reason, name, e.headers) from None
-        except defer.TimeoutError:
-            raise Refused(503, f"{name} timed out", name) from None
-        except defer.CancelledError:
-            raise
         except Exception as e:
+            # A plugin's own errors may wrap the cancellation (Agent's
+            # ResponseNeverReceived does): the timer says what happened.
+            if timed_out:
+                raise Refused(503, f"{name} timed out", name, detail=f"after {timeout} s") from None
+            if isinstance(e, defer.CancelledError):
+                raise  # the client went away
             raise Refused(503, f"{name} unavailable", name, detail=repr(e)[:300]) from None
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
         return result
 
     def status(self) -> dict[str, object]:
