@@ -24,9 +24,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from peers import TIMEOUT, backend, client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from wsgate.testing import GateFactory, free_port, wait_for_port
+from wsgate.testing import (
+    GateFactory,
+    TlsFiles,
+    free_port,
+    make_client_cert,
+    make_tls_files,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 _NOW = datetime.datetime.now(datetime.UTC)
@@ -342,3 +349,54 @@ def test_redis_token_source(
 
     asyncio.run(main())
     assert len(_refused_lines(gate.log())) == 3
+
+
+def test_client_certificates_on_a_mutual_tls_listener(
+    wsgate: GateFactory, tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    import ssl
+
+    alice = make_client_cert(tls_files, tmp_path / "clients", "alice")
+    bob = make_client_cert(tls_files, tmp_path / "clients", "bob")
+    stranger_ca = make_tls_files(tmp_path / "other-ca", ca_name="another CA")
+    mallory = make_client_cert(stranger_ca, tmp_path / "clients", "mallory-alice")
+    port, back = free_port(), free_port()
+    config = tmp_path / "wsgate.toml"
+    config.write_text(
+        f'[[listener]]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n'
+        f'certificates = [{{ cert = "{tls_files.cert}", key = "{tls_files.key}" }}]\n'
+        f'client_ca = "{tls_files.ca_cert}"\n\n'
+        f'[[route]]\nprefix = "/app"\nbackend = "ws://127.0.0.1:{back}"\n'
+        'auth = [{ plugin = "client-cert", allow = ["alice@example.test"] }]\n'
+    )
+    gate = wsgate("--config", str(config), wait_port=port)
+    url = f"wss://127.0.0.1:{port}/app"
+
+    def context(pair: tuple[Path, Path] | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+        if pair is not None:
+            ctx.load_cert_chain(str(pair[0]), str(pair[1]))
+        return ctx
+
+    async def main() -> None:
+        async with backend(back) as seen:
+            async with client(url, ssl=context(alice)):
+                pass
+            assert seen.seen[0].headers["X-Forwarded-User"] == "alice@example.test"
+            assert (await refusal(url, ssl=context(bob)))[:2] == (
+                403,
+                b"client certificate not allowed\n",
+            )
+            assert (await refusal(url, ssl=context(None)))[:2] == (
+                403,
+                b"client certificate required\n",
+            )
+            # With TLS 1.3 the client learns of the refused certificate only
+            # when the server's alert arrives: a failed TLS read or no answer.
+            with pytest.raises((ssl.SSLError, ConnectionError, InvalidMessage)):
+                async with client(url, ssl=context(mallory)):
+                    pass
+            assert len(seen.seen) == 1
+
+    asyncio.run(main())
+    assert len(_refused_lines(gate.log())) == 2

@@ -717,6 +717,7 @@ class Listener:
     #: Peers whose X-Forwarded-*/Forwarded headers are kept (and appended to).
     trust_forwarded_from: tuple[Network, ...] = ()
     tls_ciphers: str = DEFAULT_TLS_CIPHERS  # OpenSSL cipher string, TLS 1.2
+    client_ca: str | None = None  # mutual TLS: CAs of accepted client certificates
 
 
 @dataclass(frozen=True, slots=True)

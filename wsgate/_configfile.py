@@ -50,6 +50,7 @@ _LISTENER_KEYS = (
     "request_timeout",
     "trust_forwarded_from",
     "tls_ciphers",
+    "client_ca",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _ROUTE_KEYS = (
@@ -137,6 +138,13 @@ LISTENER_DOC: tuple[tuple[str, str, str], ...] = (
         "SHA-1 suites. TLS 1.3 suites are OpenSSL's. Twisted's ``tls:`` endpoint keeps "
         "Twisted's own list. A reload applies a change to ``certificates`` listeners; an "
         "``ssl:`` endpoint takes it at restart. CLI: ``--tls-ciphers``.",
+    ),
+    (
+        "client_ca",
+        "(none)",
+        "Mutual TLS on a ``certificates`` listener: a PEM file of the CAs whose client "
+        "certificates are accepted. Clients are asked for one; a route's ``client-cert`` "
+        "authenticator decides who may pass (one without a certificate gets 403).",
     ),
 )
 ROUTE_DOC: tuple[tuple[str, str, str], ...] = (
@@ -365,6 +373,13 @@ class _FileReader:
                 tls_ciphers = parse_tls_ciphers(raw["tls_ciphers"], self._at(table, "tls_ciphers"))
             except ConfigError as e:
                 self.errors.append(str(e))
+        client_ca = self._string(table, raw, "client_ca")
+        if client_ca is not None:
+            client_ca = self._relative(client_ca)
+            if not raw.get("certificates"):
+                self.errors.append(
+                    f"{self._at(table, 'client_ca')}: needs certificates = [...] (TLS by wsgate)"
+                )
         if len(self.errors) > before or endpoint is None:
             return None
         return Listener(
@@ -380,6 +395,7 @@ class _FileReader:
             request_timeout=request_timeout,
             trust_forwarded_from=trust,
             tls_ciphers=tls_ciphers,
+            client_ca=client_ca,
         )
 
     def _route(self, index: int, raw: Mapping[str, Any], defaults: RouteSettings) -> Route | None:
@@ -585,7 +601,7 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
         from wsgate._sni import TlsSetupError, load_sni_creator
 
         try:
-            load_sni_creator(listener.certificates, listener.tls_ciphers)
+            load_sni_creator(listener.certificates, listener.tls_ciphers, listener.client_ca)
         except TlsSetupError as e:
             errors.append(f"{where}: certificates: {e}")
     if listener.health is not None and _routing.check_prefix(listener.health):

@@ -89,7 +89,9 @@ class Gateway(service.MultiService):
         if listener.certificates:
             from wsgate._sni import load_sni_creator
 
-            certificates = load_sni_creator(listener.certificates, listener.tls_ciphers)
+            certificates = load_sni_creator(
+                listener.certificates, listener.tls_ciphers, listener.client_ca
+            )
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
         endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
@@ -245,7 +247,7 @@ def _load_certificates(listener: Listener) -> Any:
     from wsgate._sni import TlsSetupError, load_sni_creator
 
     try:
-        return load_sni_creator(listener.certificates, listener.tls_ciphers)
+        return load_sni_creator(listener.certificates, listener.tls_ciphers, listener.client_ca)
     except TlsSetupError as e:
         raise ConfigError(f"{listener.name}: certificates: {e}") from None
 

@@ -132,7 +132,9 @@ class SniCreator:
 
 
 def load_sni_creator(
-    certificates: Sequence[CertificateSource], ciphers: str = DEFAULT_TLS_CIPHERS
+    certificates: Sequence[CertificateSource],
+    ciphers: str = DEFAULT_TLS_CIPHERS,
+    client_ca: str | None = None,
 ) -> SniCreator:
     """Read and check every file now, so mistakes surface before listening.
 
@@ -151,7 +153,10 @@ def load_sni_creator(
                 "or subject CN), so no client could reach it; only the first certificate "
                 "(the default) may be nameless"
             )
-        sites.append((_Site(files.cert, _context(files, chain, key, ciphers)), names))
+        context = _context(files, chain, key, ciphers)
+        if client_ca is not None:
+            _ask_for_client_certificates(context, client_ca)
+        sites.append((_Site(files.cert, context), names))
     exact: dict[str, _Site] = {}
     wildcard: dict[str, _Site] = {}
     for site, names in sites:
@@ -211,6 +216,23 @@ def _context(
     except SSL.Error as e:
         raise TlsSetupError(f"{files.cert}: OpenSSL refuses the certificate: {e}") from None
     return context
+
+
+def _ask_for_client_certificates(context: SSL.Context, ca_file: str) -> None:
+    """Mutual TLS: ask every client for a certificate that ``ca_file``'s CAs
+    signed. One that sends none still connects: the route's ``client-cert``
+    authenticator answers it with a readable 403 rather than a TLS alert;
+    one that sends a certificate the CAs did not sign fails the handshake."""
+    try:
+        context.load_verify_locations(ca_file.encode())
+    except SSL.Error as e:
+        raise TlsSetupError(
+            f"client_ca: {ca_file}: no CA certificate OpenSSL can read ({e})"
+        ) from None
+    except OSError as e:
+        raise TlsSetupError(f"client_ca: cannot read {ca_file}: {e.strerror}") from None
+    context.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
+    context.load_client_ca(ca_file.encode())  # the CAs named to clients picking a certificate
 
 
 def _load_pair(files: CertificateSource) -> tuple[list[x509.Certificate], _Key]:

@@ -21,7 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-__all__ = ["GateFactory", "TlsFiles", "Wsgate", "free_port", "make_tls_files", "wait_for_port"]
+__all__ = [
+    "GateFactory",
+    "TlsFiles",
+    "Wsgate",
+    "free_port",
+    "make_client_cert",
+    "make_tls_files",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -245,3 +253,42 @@ def make_tls_files(
     files.key.write_bytes(key_pem)
     files.combined.write_bytes(key_pem + cert.public_bytes(pem))
     return files
+
+
+def make_client_cert(files: TlsFiles, directory: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate for mutual TLS, ``CN=name`` (and an email SAN
+    ``name@example.test``), signed by ``files``' throw-away CA: (cert, key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(f"{name}@example.test")]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
