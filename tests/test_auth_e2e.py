@@ -400,3 +400,52 @@ def test_client_certificates_on_a_mutual_tls_listener(
 
     asyncio.run(main())
     assert len(_refused_lines(gate.log())) == 2
+
+
+def test_unix_socket_directory_and_the_command_line(wsgate: GateFactory, tmp_path: Path) -> None:
+    """websockify's directory of sockets named by token, from --token-source,
+    with --auth and --token-targets on the command line."""
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    (sockets / "not-a-socket").write_text("")
+    users = tmp_path / "users.htpasswd"
+    users.write_bytes(b"dora:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) + b"\n")
+    gate = wsgate(
+        "--token-source",
+        f"unix-dir:path={sockets}",
+        "--token-targets",
+        f"unix:{sockets}/desk-*",
+        "--auth",
+        f"basic:htpasswd={users}",
+    )
+    credentials = {"Authorization": "Basic " + base64.b64encode(b"dora:pw").decode()}
+
+    async def main() -> None:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"unix desk")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+
+        servers = [
+            await asyncio.start_unix_server(greet, str(sockets / name))
+            for name in ("desk-1", "other")
+        ]
+        try:
+            url = gate.url + "/websockify?token="
+            got = await greeting(url + "desk-1", additional_headers=credentials)
+            assert got == b"unix desk"
+            assert (await refusal(url + "desk-1"))[0] == 401
+            for token, status in (
+                ("other", 403),  # a socket, but outside --token-targets
+                ("not-a-socket", 404),
+                ("..", 404),
+                ("missing", 404),
+            ):
+                got_status = (await refusal(url + token, additional_headers=credentials))[0]
+                assert (token, got_status) == (token, status)
+        finally:
+            for server in servers:
+                server.close()
+
+    asyncio.run(main())
