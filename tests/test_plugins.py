@@ -383,3 +383,15 @@ def test_jwt_bearer_reads_header_cookie_or_query(tmp_path: Path) -> None:
     error = _SYNC.failureResultOf(admit(_request(f"access_token={expired}")), Refused).value
     assert (error.status, error.reason) == (401, "token expired")
     assert error.headers == {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def test_the_readme_shows_exactly_the_example_plugin() -> None:
+    """The README's example is etc/example_plugin.py, which test_auth_e2e runs."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.rst").read_text()
+    block = readme.split(".. begin example plugin", 1)[1].split(".. end example plugin", 1)[0]
+    code = block.split("::\n", 1)[1]
+    lines = [line.removeprefix("    ") for line in code.strip("\n").splitlines()]
+    example = (root / "etc" / "example_plugin.py").read_text()
+    assert "\n".join(lines) + "\n" == example
+    assert len(example.splitlines()) < 40
