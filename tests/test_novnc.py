@@ -347,3 +347,55 @@ def test_two_desktops_by_token(
     ]
 
     check_both(viewers)
+
+
+def test_jwt_token_from_a_portal(
+    wsgate: GateFactory,
+    xvnc: XvncFactory,
+    web_root: Path,
+    context: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    """The README's recipe: a portal signs a short-lived JWT naming the
+    desktop; noVNC carries it in the URL; an expired one is refused before
+    any desktop is contacted."""
+    import datetime
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    desktop = xvnc(RED, "wsgate-jwt")
+    portal_key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "portal-public.pem"
+    public.write_bytes(
+        portal_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    host, port = desktop.address.rsplit(":", 1)
+    gate, base = start_gate(
+        wsgate,
+        web_root,
+        "--token-source", f"jwt:key_file={public},audience=wsgate",
+        "--token-targets", f"{host}:{port}",
+    )  # fmt: skip
+    now = datetime.datetime.now(datetime.UTC)
+
+    def token(expires: datetime.datetime) -> str:
+        claims = {"host": host, "port": int(port), "aud": "wsgate", "sub": "alice", "exp": expires}
+        return jwt.encode(claims, portal_key, algorithm="ES256")
+
+    viewer = Viewer.open(
+        context, base, f"/vnc?token={token(now + datetime.timedelta(minutes=2))}", desktop, gate
+    )
+    check_viewer(viewer)
+
+    expired = token(now - datetime.timedelta(minutes=1))
+    page = context.new_page()
+    page.goto(f"{base}/novnc_page.html?{urllib.parse.urlencode({'path': f'/vnc?token={expired}'})}")
+    page.wait_for_function("() => window.vnc && window.vnc.state !== 'connecting'")
+    assert page.evaluate("() => window.vnc.state") == "disconnected"
+    assert not desktop.viewers()
+    refused = [line for line in gate.log().splitlines() if "refused by jwt" in line]
+    assert len(refused) == 1 and "403 token expired" in refused[0], gate.log()
