@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import bcrypt
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from zope.interface import implementer
 
 from wsgate._headers import origin_allowed
@@ -22,9 +23,16 @@ from wsgate.interfaces import IAuthenticator, Identity, Refusal, Request
 @implementer(IAuthenticator)
 class BasicAuth:
     """HTTP Basic against ``user:$2b$...`` lines (``htpasswd -B``); the file is
-    re-read when it changes, and a bad re-read keeps the last good users."""
+    re-read when it changes, and a bad re-read keeps the last good users.
 
-    def __init__(self, htpasswd: str, realm: str = "wsgate", config_dir: str = ".") -> None:
+    bcrypt is slow on purpose (a quarter second at cost 12): each check runs
+    in the reactor's thread pool, so wrong passwords cannot stall every
+    other connection."""
+
+    def __init__(
+        self, htpasswd: str, realm: str = "wsgate", config_dir: str = ".", reactor: Any = None
+    ) -> None:
+        self._reactor = reactor
         self._path = os.path.join(config_dir, htpasswd)
         if '"' in realm or "\\" in realm:
             raise ValueError("realm: no quotes or backslashes")
@@ -64,14 +72,33 @@ class BasicAuth:
             raise Refusal(401, "malformed credentials", self._challenge) from None
         hashed = self._users.get(user)
         # A hash is checked even for an unknown user, so timing tells nothing.
-        check = hashed or b"$2b$12$" + b"." * 53
-        try:
-            good = bcrypt.checkpw(password, check) and hashed is not None and bool(sep)
-        except ValueError:
-            good = False
-        if not good:
-            raise Refusal(401, "wrong user name or password", self._challenge)
-        return defer.succeed(Identity(user.decode("utf-8", "replace")))
+        check = hashed or _dummy_hash()
+        pool = getattr(self._reactor, "getThreadPool", None)
+        checking = (
+            threads.deferToThreadPool(self._reactor, pool(), _checkpw, password, check)
+            if pool is not None
+            else defer.succeed(_checkpw(password, check))
+        )
+
+        def decide(good: bool) -> Identity:
+            if not (good and hashed is not None and sep):
+                raise Refusal(401, "wrong user name or password", self._challenge)
+            return Identity(user.decode("utf-8", "replace"))
+
+        return checking.addCallback(decide)
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """A well-formed bcrypt hash no password matches (cost 12), made on first use."""
+    return bcrypt.hashpw(b"no user has this password", bcrypt.gensalt(12))
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a malformed hash in the file
+        return False
 
 
 @implementer(IAuthenticator)
