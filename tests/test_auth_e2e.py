@@ -272,6 +272,9 @@ def test_http_token_source(wsgate: GateFactory, tmp_path: Path, token_api: tuple
             assert await greeting(f"{url}?token=good") == b"desk"
             assert await greeting(f"{url}?token=json-target") == b"desk"
             assert hits() == 2  # the second "good" came from the cache
+            assert await greeting(f"{url}?token=chunked") == b"desk"
+            huge = await refusal(f"{url}?token=huge")
+            assert huge[:2] == (502, b"token source answer too large\n")
             assert (await refusal(f"{url}?token=nope"))[:2] == (404, b"unknown token\n")
             assert (await refusal(f"{url}?token=outside"))[:2] == (403, b"target not allowed\n")
             boom = await refusal(f"{url}?token=boom")
@@ -281,7 +284,7 @@ def test_http_token_source(wsgate: GateFactory, tmp_path: Path, token_api: tuple
             assert (await refusal(f"{url}?token=slow"))[:2] == (503, b"http timed out\n")
 
     asyncio.run(main())
-    assert len(_refused_lines(gate.log())) == 5
+    assert len(_refused_lines(gate.log())) == 6
 
 
 @pytest.fixture

@@ -40,6 +40,14 @@ class _Target(resource.Resource):
             return b'{"error": "internal"}'
         if token == "garbage":
             return b"<html>not json</html>"
+        if token == "chunked":  # no Content-Length: HTTP/1.1 chunked encoding
+            request.write(json.dumps({"host": "127.0.0.1", "port": self.stream_port}).encode())
+            request.finish()
+            return server.NOT_DONE_YET
+        if token == "huge":
+            request.write(b'{"host": "' + b"a" * 1024 * 1024 + b'"}')
+            request.finish()
+            return server.NOT_DONE_YET
         if token == "slow":
             return server.NOT_DONE_YET
         request.setResponseCode(404)

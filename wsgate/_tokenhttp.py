@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from zope.interface import implementer
 
 from wsgate._targets import target_from
@@ -53,7 +53,7 @@ class HttpSource:
         return defer.Deferred.fromCoroutine(self._fetch(token, now))
 
     async def _fetch(self, token: str, now: float) -> Target | None:
-        from twisted.web.client import Agent, readBody
+        from twisted.web.client import Agent
 
         if self._agent is None:
             self._agent = Agent(self._reactor, connectTimeout=self._timeout)
@@ -67,16 +67,12 @@ class HttpSource:
         if response.code != 200:
             response.deliverBody(_Discard())
             raise Refusal(502, f"token source answered {response.code}")
-        if (
-            response.length is not None and response.length > _MAX_BODY
-        ):  # UNKNOWN_LENGTH is an object
-            response.deliverBody(_Discard())
-            raise Refusal(502, "token source answer too large")
-        reading = readBody(response)
+        reading: defer.Deferred[bytes] = defer.Deferred()
+        response.deliverBody(_Bounded(reading))
         reading.addTimeout(self._timeout, self._reactor)
         body = await reading
         try:
-            target = target_from(json.loads(body[:_MAX_BODY]))
+            target = target_from(json.loads(body))
         except ValueError:
             raise Refusal(502, "token source answer is not a target") from None
         return self._keep(token, now, target)
@@ -90,11 +86,42 @@ class HttpSource:
         return target
 
 
+class _Bounded(protocol.Protocol):
+    """Reads a body of at most ``_MAX_BODY`` bytes, with or without a
+    Content-Length (chunked); a longer one is cut off and refused."""
+
+    def __init__(self, done: defer.Deferred[bytes]) -> None:
+        self._done: defer.Deferred[bytes] | None = done
+        self._data = bytearray()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done is None:
+            return
+        self._data += data
+        if len(self._data) > _MAX_BODY:
+            done, self._done = self._done, None
+            transport: Any = self.transport
+            transport.stopProducing()
+            done.errback(Refusal(502, "token source answer too large"))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        done, self._done = self._done, None
+        if done is None:
+            return
+        from twisted.web.client import ResponseDone
+        from twisted.web.http import PotentialDataLoss
+
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            done.callback(bytes(self._data))
+        else:
+            done.errback(reason)
+
+
 class _Discard:
-    """Reads and drops a body we do not want, so the connection is released."""
+    """Drops a body we do not want: the connection is closed at once."""
 
     def makeConnection(self, transport: Any) -> None:
-        pass
+        transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         pass
