@@ -210,6 +210,17 @@ def test_a_plugin_from_outside_the_package(wsgate: GateFactory, tmp_path: Path) 
     )
     from wsgate.testing import Wsgate
 
+    refused = subprocess.run(
+        Wsgate("--config", str(config)).command(),
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1  # refused at start too, naming the route and key
+    assert "[[route]] #1 (/app): auth[0]: plugin: cannot import 'example_plugin'" in (
+        refused.stdout + refused.stderr
+    )
     gate = Wsgate("--config", str(config), log_path=tmp_path / "gate.log", env=env)
 
     async def main() -> None:

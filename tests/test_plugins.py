@@ -395,3 +395,32 @@ def test_the_readme_shows_exactly_the_example_plugin() -> None:
     example = (root / "etc" / "example_plugin.py").read_text()
     assert "\n".join(lines) + "\n" == example
     assert len(example.splitlines()) < 40
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"$14\r\n127.0.0.1:5901\r\n", [b"127.0.0.1:5901"]),
+        (b"$-1\r\n", [None]),
+        (b"$3\r\nab", None),  # not all there yet
+        (b"$abc\r\n", (502, "token source spoke no Redis protocol")),
+        (b"HTTP/1.1 400 Bad Request\r\n", (502, "token source spoke no Redis protocol")),
+        (b"$99999999\r\n" + b"x" * 70_000, (502, "token source reply too large")),
+    ],
+)
+def test_the_redis_reply_parser(reply: bytes, expected: Any) -> None:
+    from twisted.internet.testing import StringTransport
+
+    from wsgate._tokenredis import _Resp
+
+    resp = _Resp()
+    resp.makeConnection(StringTransport())
+    done = resp.run([[b"GET", b"k"]])
+    resp.dataReceived(reply)
+    if expected is None:
+        _SYNC.assertNoResult(done)
+    elif isinstance(expected, tuple):
+        error = _SYNC.failureResultOf(done, wsgate.interfaces.Refusal).value
+        assert (error.status, error.reason) == expected
+    else:
+        assert _SYNC.successResultOf(done) == expected

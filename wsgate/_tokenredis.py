@@ -116,6 +116,9 @@ class _Resp(protocol.Protocol):
                 return
             kind, body = line[:1], line[1:]
             if kind == b"$":
+                if not body.lstrip(b"-").isdigit():
+                    self._finish(Refusal(502, "token source spoke no Redis protocol"))
+                    return
                 size = int(body)
                 if size < 0:
                     self._replies.append(None)
