@@ -463,3 +463,47 @@ def test_unix_socket_directory_and_the_command_line(wsgate: GateFactory, tmp_pat
                 server.close()
 
     asyncio.run(main())
+
+
+def test_a_reload_rebuilds_the_plugins_or_keeps_the_running_ones(
+    wsgate: GateFactory, tmp_path: Path
+) -> None:
+    """SIGHUP: new token_targets apply at once; a plugin that cannot be
+    loaded refuses the reload and the running plugins stay."""
+    import time
+
+    key, desk, port = _keys(tmp_path), free_port(), free_port()
+
+    def write(targets: str, source: str = "jwt") -> None:
+        _config(
+            tmp_path,
+            port,
+            '[[route]]\nprefix = "/vnc"\n'
+            f'tokens = {{ source = "{source}", key_file = "portal-public.pem" }}\n'
+            f"token_targets = {targets}\n",
+        )
+
+    def wait_log(text: str, count: int) -> None:
+        deadline = time.monotonic() + 15
+        while gate.log().count(text) < count:
+            assert time.monotonic() < deadline, gate.log()
+            time.sleep(0.05)  # the log is a file: poll it
+
+    write(f'["127.0.0.1:{desk}"]')
+    gate = wsgate("--config", str(tmp_path / "wsgate.toml"), wait_port=port)
+    claims = {"host": "127.0.0.1", "port": desk, "exp": _NOW + datetime.timedelta(minutes=5)}
+    url = f"ws://127.0.0.1:{port}/vnc?token={jwt.encode(claims, key, algorithm='ES256')}"
+
+    async def main() -> None:
+        async with desktop(desk, b"d"):
+            assert await greeting(url) == b"d"
+            write('["10.0.0.0/8:5900"]')
+            gate.reload()
+            await asyncio.to_thread(wait_log, "applied:", 1)
+            assert (await refusal(url))[:2] == (403, b"target not allowed\n")
+            write(f'["127.0.0.1:{desk}"]', source="nosuch:Source")
+            gate.reload()
+            await asyncio.to_thread(wait_log, "cannot import 'nosuch'", 1)
+            assert (await refusal(url))[:2] == (403, b"target not allowed\n")  # still the old
+
+    asyncio.run(main())
