@@ -424,3 +424,35 @@ def test_the_redis_reply_parser(reply: bytes, expected: Any) -> None:
         assert (error.status, error.reason) == expected
     else:
         assert _SYNC.successResultOf(done) == expected
+
+
+def test_command_line_plugin_options_read_like_toml(tmp_path: Path) -> None:
+    spec = parse_tokens("jwt:secret=k,leeway=30,require_exp=false,algorithms=HS256", "--x")
+    assert spec.name == "jwt"
+    assert spec.options == {
+        "secret": "k",
+        "leeway": 30,
+        "require_exp": False,
+        "algorithms": "HS256",
+    }
+    (auth,) = parse_auth("client-cert:allow=alice,allow=bob", "--auth")
+    assert auth.options == {"allow": ["alice", "bob"]}
+    (origin,) = parse_auth("origin:allow=https://a.example", "--auth")
+    gate = Gate(Route("#1", settings=RouteSettings(auth=(origin,))), Clock())
+    refused = defer.Deferred.fromCoroutine(gate.admit(_request(origin="https://b.example")))
+    assert _refused(refused) == (403, "origin not allowed")
+    admitted = defer.Deferred.fromCoroutine(gate.admit(_request(origin="https://a.example")))
+    assert _SYNC.successResultOf(admitted) == Identity("", {"origin": "https://a.example"})
+    with pytest.raises(ConfigError, match=r"--auth\[0\]: .*module:Class"):
+        parse_auth("nosuch", "--auth")
+
+
+def test_an_identity_cannot_forge_log_lines() -> None:
+    class Sneaky:
+        def authenticate(self, request: Request) -> defer.Deferred[Identity]:
+            return defer.succeed(Identity("eve\n2026 [wsgate#info] open root"))
+
+    gate = Gate(Route("#1"), Clock())
+    gate.authenticators = [("sneaky", Sneaky())]
+    identity = _SYNC.successResultOf(defer.Deferred.fromCoroutine(gate.admit(_request())))
+    assert identity.name == "eve?2026 [wsgate#info] open root"

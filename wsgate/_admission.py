@@ -33,6 +33,9 @@ _SAFE_IN_HEADER = ascii_letters + digits + " !#$&'()*+,-./:;<=>?@[]^_`{|}~"
 #: A header a plugin may add to a refusal: a token name, a one-line value.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
+#: Not in a name shown on a log line: control characters (a newline would
+#: forge a second line).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Refused(Refusal):
@@ -89,7 +92,8 @@ class Gate:
                 raise Refused(503, f"{name} unavailable", name, detail=detail)
             names.append(found.name)
             attributes.update(found.attributes)
-        return Identity(next((n for n in names if n), ""), attributes)
+        name = _CONTROL.sub("?", next((n for n in names if n), ""))[:200]
+        return Identity(name, attributes)
 
     async def backend(self, prefix: str, path: str, request: Request) -> AnyBackend:
         """The backend the client's token names: 404 unknown, 403 not allowed."""

@@ -106,11 +106,11 @@ class OriginAuth:
     """The route's ``origins`` check as an authenticator, for stacking with
     others: a browser's Origin must match one of ``allow`` (403)."""
 
-    def __init__(self, allow: Sequence[str]) -> None:
+    def __init__(self, allow: Sequence[str] | str) -> None:
         from wsgate._config import ConfigError, parse_origins
 
         try:
-            self._allow = parse_origins(list(allow), "allow")
+            self._allow = parse_origins([allow] if isinstance(allow, str) else list(allow), "allow")
         except ConfigError as e:
             raise ValueError(str(e)) from None
 
@@ -126,10 +126,10 @@ class ClientCertAuth:
     """A TLS client certificate the listener verified (``client_ca``), whose
     subject CN or a DNS/email SAN is one of ``allow`` (any, if not given)."""
 
-    def __init__(self, allow: Sequence[str] | None = None) -> None:
-        if allow is not None and (
-            isinstance(allow, str) or not all(isinstance(a, str) for a in allow)
-        ):
+    def __init__(self, allow: Sequence[str] | str | None = None) -> None:
+        if isinstance(allow, str):
+            allow = [allow]
+        if allow is not None and not all(isinstance(a, str) for a in allow):
             raise ValueError('allow: expected an array of names, e.g. ["alice", "ops.example"]')
         self._allow = None if allow is None else frozenset(allow)
 

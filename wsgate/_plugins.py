@@ -182,7 +182,8 @@ def parse(kind: str, value: Any, where: str, config_dir: str | None = None) -> P
 
 
 def _from_cli(text: str, key: str, builtins: Mapping[str, str]) -> dict[str, Any]:
-    """``jwt:key_file=pub.pem,audience=wsgate`` or ``pkg.mod:Class:cookie=sid``."""
+    """``jwt:key_file=pub.pem,audience=wsgate`` or ``pkg.mod:Class:cookie=sid``;
+    an option given twice makes an array (``allow=alice,allow=bob``)."""
     head, sep, rest = text.partition(":")
     if head not in builtins and sep:
         attribute, sep, rest = rest.partition(":")
@@ -192,8 +193,25 @@ def _from_cli(text: str, key: str, builtins: Mapping[str, str]) -> dict[str, Any
         name, eq, val = item.partition("=")
         if not eq:
             raise PluginError(f"{text!r}: expected NAME:key=value,key=value; {item!r} has no '='")
-        table[name.strip()] = val
+        key_name, value = name.strip(), _cli_value(val)
+        if key_name in table and key_name != key:
+            before = table[key_name]
+            table[key_name] = [*before, value] if isinstance(before, list) else [before, value]
+        else:
+            table[key_name] = value
     return table
+
+
+def _cli_value(text: str) -> Any:
+    """What TOML would have said: true/false, a number, else the string."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 __all__ = ["AUTHENTICATORS", "TOKEN_SOURCES", "PluginError", "PluginSpec", "load_class", "parse"]
