@@ -36,7 +36,11 @@ from wsgate.testing import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-_NOW = datetime.datetime.now(datetime.UTC)
+
+
+def _now() -> datetime.datetime:
+    """Now, when a token is made: a module-level constant goes stale in a long run."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 @contextlib.asynccontextmanager
@@ -105,14 +109,14 @@ def test_jwt_token_names_the_desktop(wsgate: GateFactory, tmp_path: Path) -> Non
 
     def token(**claims: Any) -> str:
         base = {"host": "127.0.0.1", "port": desk, "aud": "wsgate"}
-        base["exp"] = _NOW + datetime.timedelta(minutes=5)  # type: ignore[assignment]
+        base["exp"] = _now() + datetime.timedelta(minutes=5)  # type: ignore[assignment]
         return jwt.encode({**base, **claims}, key, algorithm="ES256")
 
     async def main() -> None:
         async with desktop(desk, b"RFB 003.008\n"):
             assert await greeting(f"{url}?token={token()}") == b"RFB 003.008\n"
             assert await greeting(f"{url}/{token()}") == b"RFB 003.008\n"  # as a path segment
-            expired = token(exp=_NOW - datetime.timedelta(minutes=1))
+            expired = token(exp=_now() - datetime.timedelta(minutes=1))
             other = jwt.encode({"host": "127.0.0.1", "port": desk}, "s" * 32, algorithm="HS256")
             cases = {
                 expired: (403, b"token expired\n"),
@@ -491,7 +495,7 @@ def test_a_reload_rebuilds_the_plugins_or_keeps_the_running_ones(
 
     write(f'["127.0.0.1:{desk}"]')
     gate = wsgate("--config", str(tmp_path / "wsgate.toml"), wait_port=port)
-    claims = {"host": "127.0.0.1", "port": desk, "exp": _NOW + datetime.timedelta(minutes=5)}
+    claims = {"host": "127.0.0.1", "port": desk, "exp": _now() + datetime.timedelta(minutes=5)}
     url = f"ws://127.0.0.1:{port}/vnc?token={jwt.encode(claims, key, algorithm='ES256')}"
 
     async def main() -> None:

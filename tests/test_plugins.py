@@ -34,7 +34,11 @@ from wsgate._configfile import load_file
 from wsgate.interfaces import Identity, Request, Target
 
 _SYNC = SynchronousTestCase()
-_NOW = datetime.datetime.now(datetime.UTC)
+
+
+def _now() -> datetime.datetime:
+    """Now, when a token is made: a module-level constant goes stale in a long run."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 def test_the_public_interface_is_pinned() -> None:
@@ -241,7 +245,7 @@ def _request(query: str = "", **headers: str) -> Request:
 
 
 def _token(claims: dict[str, Any], key: Any = _EC_KEY, algorithm: str = "ES256") -> str:
-    base = {"exp": _NOW + datetime.timedelta(minutes=5)}
+    base = {"exp": _now() + datetime.timedelta(minutes=5)}
     return jwt.encode({**base, **claims}, key, algorithm=algorithm)
 
 
@@ -273,8 +277,8 @@ def test_jwt_source_statuses(tmp_path: Path) -> None:
     backend = _SYNC.successResultOf(_backend(gate, _token(good)))
     assert str(backend) == "tcp:host=127.0.0.1:port=5901"
     other_key = ec.generate_private_key(ec.SECP256R1())
-    past = _NOW - datetime.timedelta(minutes=1)
-    future = _NOW + datetime.timedelta(minutes=1)
+    past = _now() - datetime.timedelta(minutes=1)
+    future = _now() + datetime.timedelta(minutes=1)
     unsigned = jwt.encode(good, None, algorithm="none")
     cases = {
         _token(good, other_key): (403, "bad token signature"),
@@ -299,7 +303,7 @@ def test_jwt_source_statuses(tmp_path: Path) -> None:
 def test_jwt_leeway_allows_clock_skew(tmp_path: Path) -> None:
     gate = _jwt_gate(tmp_path, leeway=120)
     claims = {"host": "127.0.0.1", "port": 5901, "aud": "wsgate"}
-    token = _token({**claims, "exp": _NOW - datetime.timedelta(minutes=1)})
+    token = _token({**claims, "exp": _now() - datetime.timedelta(minutes=1)})
     assert _SYNC.successResultOf(_backend(gate, token))
 
 
@@ -379,7 +383,7 @@ def test_jwt_bearer_reads_header_cookie_or_query(tmp_path: Path) -> None:
         assert _SYNC.successResultOf(admit(request)).name == "carol"
     error = _SYNC.failureResultOf(admit(_request()), Refused).value
     assert (error.status, error.headers) == (401, {"WWW-Authenticate": "Bearer"})
-    expired = _token({"sub": "carol", "exp": _NOW - datetime.timedelta(hours=1)}, secret, "HS256")
+    expired = _token({"sub": "carol", "exp": _now() - datetime.timedelta(hours=1)}, secret, "HS256")
     error = _SYNC.failureResultOf(admit(_request(f"access_token={expired}")), Refused).value
     assert (error.status, error.reason) == (401, "token expired")
     assert error.headers == {"WWW-Authenticate": 'Bearer error="invalid_token"'}
