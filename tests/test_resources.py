@@ -25,7 +25,7 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from wsgate._backend import BackendError, connect_failure
+from wsgate._connect import BackendError, connect_failure
 from wsgate._limits import ThrottledObserver
 from wsgate.testing import GateFactory, Wsgate, free_port
 

@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgate import _answers, _httphead, _web
-from wsgate._backend import BackendError
 from wsgate._config import AnyBackend
+from wsgate._connect import BackendError
 from wsgate._liveroutes import ListenerRoutes, LiveRoute
 from wsgate._routing import normalize_host, normalize_path
 

@@ -20,7 +20,7 @@ from wsgate import _deflate, _headers
 from wsgate._closecodes import Side
 from wsgate._config import AnyBackend, RouteSettings, StreamBackend
 from wsgate._frontdoor import DoorFactory, FrontDoor
-from wsgate._liveroutes import ListenerRoutes
+from wsgate._liveroutes import BackendRequest, ListenerRoutes
 from wsgate._relay import Relay
 from wsgate._wsleg import RelayedLeg, leg_options
 
@@ -80,15 +80,15 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
         query = self._head.target.partition("?")[2]
         path = live.backend_path(self._route_path)
-        connecting = self._connecting = live.open(
-            path,
-            query,
-            self._retrying,
+        backend_request = BackendRequest(
+            path=path,
+            query=query,
             headers=headers,
-            protocols=protocols,
+            subprotocols=tuple(protocols),
             origin=origin,
             useragent=request_headers.get("user-agent"),
         )
+        connecting = self._connecting = live.open(backend_request, self._retrying)
         # It may fire at once (an unknown token): return this Deferred, not
         # the attribute the callbacks reset.
         connecting.addCallbacks(self._backend_open, self._backend_failed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -20,11 +20,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wsgate import _deflate, _failover
-from wsgate._backend import BackendConnector, BackendError
-from wsgate._config import AnyBackend, Config, Listener, Route, RouteSettings, StreamBackend
+from wsgate._backend import connector_for
+from wsgate._config import AnyBackend, Config, Listener, Route, StreamBackend
+from wsgate._connect import BackendError, BackendRequest
 from wsgate._pool import BackendPool
 from wsgate._routing import Router, rewrite_path
-from wsgate._tcpleg import StreamConnector
 from wsgate._tokens import TokenFile
 
 _log = Logger(namespace="wsgate")
@@ -36,14 +36,7 @@ Pools = dict[tuple[Any, ...], BackendPool[AnyBackend]]
 class Connector(Protocol):
     """Opens one backend's legs (``BackendConnector``, ``StreamConnector``)."""
 
-    def connect(
-        self,
-        resource: str,
-        headers: Mapping[str, str],
-        protocols: Sequence[str],
-        origin: str | None,
-        useragent: str | None,
-    ) -> defer.Deferred[Any]: ...
+    def connect(self, request: BackendRequest) -> defer.Deferred[Any]: ...
 
 
 class LiveRoute:
@@ -102,30 +95,25 @@ class LiveRoute:
 
     def open(
         self,
-        path: str,
-        query: str,
+        request: BackendRequest,
         retrying: Callable[[AnyBackend, BackendError], None],
-        **request: Any,
     ) -> defer.Deferred[tuple[Any, AnyBackend]]:
-        """Open a leg to the first backend that accepts ``request`` (a
-        ``Connector.connect``'s keywords); a ``BackendError`` if none does,
-        404 for an unknown token."""
-        return defer.Deferred.fromCoroutine(self._open(path, query, retrying, request))
+        """Open a leg to the first backend that accepts ``request`` (its path
+        already rewritten for the backends, ``backend_path``); a
+        ``BackendError`` if none does, 404 for an unknown token."""
+        return defer.Deferred.fromCoroutine(self._open(request, retrying))
 
     async def _open(
         self,
-        path: str,
-        query: str,
+        request: BackendRequest,
         retrying: Callable[[AnyBackend, BackendError], None],
-        request: dict[str, Any],
     ) -> tuple[Any, AnyBackend]:
-        candidates = self.candidates(path, query)
+        candidates = self.candidates(request.path, request.query)
         if not candidates:
             raise BackendError(404, "unknown token")
 
         def connect(backend: AnyBackend) -> defer.Deferred[Any]:
-            resource = backend.resource_for(path, query)
-            return self.connector(backend).connect(resource=resource, **request)
+            return self.connector(backend).connect(request)
 
         return await _failover.open_first(candidates, connect, self.pool, retrying)
 
@@ -187,12 +175,6 @@ def route_key(route: Route) -> tuple[Any, ...]:
     return (route.hosts, route.prefix, route.listeners)
 
 
-def connector_for(reactor: Any, settings: RouteSettings, backend: AnyBackend) -> Any:
-    if isinstance(backend, StreamBackend):
-        return StreamConnector(reactor, settings, backend)
-    return BackendConnector(reactor, settings, backend)
-
-
 def build(
     config: Config, reactor: Any, running: Pools
 ) -> tuple[dict[Listener, ListenerRoutes], Pools]:
@@ -230,11 +212,11 @@ def build(
 
 
 __all__ = [
+    "BackendRequest",
     "Connector",
     "ListenerRoutes",
     "LiveRoute",
     "Pools",
     "build",
-    "connector_for",
     "route_label",
 ]
