@@ -106,6 +106,17 @@ def _stream(timeout: float = 3.0) -> tuple[MemoryReactorClock, StreamConnector]:
     return reactor, StreamConnector(reactor, settings, parse_backend("tcp:127.0.0.1:5900"))  # type: ignore[arg-type]
 
 
+def test_connect_times_out_with_504_on_the_clock() -> None:
+    reactor, connector = _stream(timeout=3.0)
+    opening = connector.connect(BackendRequest())
+    reactor.advance(2.9)
+    _SYNC.assertNoResult(opening)
+    reactor.advance(0.1)
+    error = _SYNC.failureResultOf(opening, BackendError).value
+    assert (error.status, error.retryable, error.backend) == (504, True, "tcp:127.0.0.1:5900")
+    assert reactor.getDelayedCalls() == []
+
+
 def test_a_refused_connect_is_502_and_its_timeout_goes() -> None:
     reactor, connector = _stream()
     opening = connector.connect(BackendRequest())

@@ -193,7 +193,7 @@ class Connector(Generic[_L]):
         """The open leg, or a ``BackendError``; cancelling drops the leg."""
         leg: Any = self._make_leg(request)  # has ``opened`` and ``dropConnection``
         connecting: defer.Deferred[Any] = self._endpoint.connect(_Given(leg))
-        connecting.addTimeout(self._timeout, self._reactor)
+        connecting.addTimeout(self._timeout, self._reactor, _timed_out)
         connecting.addErrback(connect_failure, self._url)
         connecting.addCallback(lambda _: leg.opened)
         connecting.addErrback(_name_backend, self._url)
@@ -206,6 +206,15 @@ class Connector(Generic[_L]):
         result: defer.Deferred[_L] = defer.Deferred(cancel)
         connecting.chainDeferred(result)
         return result
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    """The timeout cancelled the connect. An endpoint's cancel fails with
+    ``ConnectingCancelledError``, which ``addTimeout``'s own conversion (of
+    ``CancelledError`` only) passes on as is: it would read as 502 unreachable."""
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(timeout, "connect")
+    return result
 
 
 def _name_backend(failure: Failure, url: str) -> Failure:
