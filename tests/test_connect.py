@@ -136,6 +136,15 @@ def test_the_stream_leg_opens_with_the_chosen_subprotocol() -> None:
     assert isinstance(leg, StreamLeg) and leg.websocket_protocol_in_use == BINARY
 
 
+def test_cancel_while_connecting_stops_the_connect() -> None:
+    reactor, connector = _stream()
+    opening = connector.connect(BackendRequest())
+    opening.cancel()
+    _SYNC.failureResultOf(opening, defer.CancelledError)
+    [connector_] = reactor.connectors
+    assert connector_.stoppedConnecting  # type: ignore[attr-defined]
+
+
 def test_cancel_during_the_websocket_handshake_drops_the_leg() -> None:
     reactor = MemoryReactorClock()
     backend = parse_backend("ws://127.0.0.1:9000/base")

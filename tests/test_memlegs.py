@@ -359,3 +359,24 @@ def _two_backends(tmp_path: Path) -> Any:
         '[[route]]\nbackends = ["ws://127.0.0.1:9001", "ws://127.0.0.1:9002"]\n'
     )
     return load_file(str(path))
+
+
+def test_a_client_gone_while_connecting_tries_no_other_backend(
+    reactor: MemoryReactorClock, tmp_path: Path
+) -> None:
+    config = _two_backends(tmp_path)
+    net = Network(reactor)  # the first backend's connect hangs
+    factory = frontend_factory(reactor, config=config)
+    _, _, client_pipe = net.connect_client(factory, RawPeer())
+    client_pipe.write(_upgrade())
+    net.flush()
+    assert len(net.pending()) == 1
+    client_pipe.abortConnection()
+    net.flush()
+    # No second connect for a client that is gone, and the first backend
+    # did nothing wrong.
+    assert [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 9001)]
+    assert reactor.connectors[0].stoppedConnecting
+    pool = factory.routes.routes[0].pool
+    assert pool is not None
+    assert [b["state"] for b in pool.status()] == ["up", "up"]

@@ -292,3 +292,11 @@ def test_20000_connection_cycles_leave_no_descriptor(wsgate: GateFactory) -> Non
             assert "Traceback" not in gate.log()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_connect_is_a_cancel_not_a_502() -> None:
+    # What an endpoint fails with when its connect is cancelled (the client
+    # went away): not the backend's fault, nothing to try next.
+    failure = Failure(error.ConnectingCancelledError(None))
+    with pytest.raises(defer.CancelledError):
+        connect_failure(failure, URL)

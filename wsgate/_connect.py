@@ -245,9 +245,14 @@ def connect_failure(failure: Failure, url: str) -> Failure:
     502 otherwise, both worth trying the next backend. A local shortage
     (EMFILE, ENFILE, ENOBUFS, EADDRNOTAVAIL) is 503 and not the backend's
     fault: no other backend is tried and none is marked failed. A cancel (the
-    client went away) passes through."""
+    client went away) is a ``CancelledError``."""
     if failure.check(defer.CancelledError):
         return failure
+    if failure.check(error.ConnectingCancelledError):
+        # How an endpoint fails a cancelled connect (a timeout is converted
+        # before this): the client went away. Not the backend's failure, so
+        # no other backend is tried for a client that is gone.
+        raise defer.CancelledError()
     number = local_resource_error(failure.value)
     if number is not None:
         exc = BackendError(
