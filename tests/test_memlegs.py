@@ -159,12 +159,13 @@ def test_a_client_that_reads_nothing_pauses_the_backend(reactor: MemoryReactorCl
 # -- close paths ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("closer", ["client", "backend"])
 @pytest.mark.parametrize(("code", "reason"), [(1000, "bye"), (4001, "custom"), (3000, "")])
-def test_client_close_crosses_with_its_code(
-    reactor: MemoryReactorClock, code: int, reason: str
+def test_a_close_crosses_with_its_code(
+    reactor: MemoryReactorClock, closer: str, code: int, reason: str
 ) -> None:
     gate = _gate(reactor)
-    gate.client.sendClose(code, reason)
+    getattr(gate, closer).sendClose(code, reason)
     gate.net.flush()
     assert gate.backend.events.closed == (True, code, reason or None)
     assert gate.client.events.closed == (True, code, reason or None)
@@ -172,28 +173,20 @@ def test_client_close_crosses_with_its_code(
     assert gate.front_pipe.disconnected and gate.leg_pipe.disconnected
 
 
-def test_backend_close_crosses_with_its_code(reactor: MemoryReactorClock) -> None:
+@pytest.mark.parametrize(
+    ("dropped", "other", "close"),
+    [
+        ("client_pipe", "backend", (True, 1001, "client went away")),
+        ("backend_pipe", "client", (True, 1011, "backend went away")),
+    ],
+)
+def test_a_drop_closes_the_other_leg(
+    reactor: MemoryReactorClock, dropped: str, other: str, close: tuple[bool, int, str]
+) -> None:
     gate = _gate(reactor)
-    gate.backend.sendClose(4002, "done")
+    getattr(gate, dropped).abortConnection()
     gate.net.flush()
-    assert gate.client.events.closed == (True, 4002, "done")
-    assert gate.backend.events.closed == (True, 4002, "done")
-    assert gate.frontend.relay.finished
-
-
-def test_client_drop_closes_the_backend_with_1001(reactor: MemoryReactorClock) -> None:
-    gate = _gate(reactor)
-    gate.client_pipe.abortConnection()
-    gate.net.flush()
-    assert gate.backend.events.closed == (True, 1001, "client went away")
-    assert gate.frontend.relay.finished
-
-
-def test_backend_drop_closes_the_client_with_1011(reactor: MemoryReactorClock) -> None:
-    gate = _gate(reactor)
-    gate.backend_pipe.abortConnection()
-    gate.net.flush()
-    assert gate.client.events.closed == (True, 1011, "backend went away")
+    assert getattr(gate, other).events.closed == close
     assert gate.frontend.relay.finished
 
 
