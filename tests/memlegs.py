@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport
 
 from wsgate import _liveroutes
-from wsgate._frontend import FrontendFactory, FrontendProtocol
+from wsgate._frontend import FrontendFactory
 from wsgate.tap import Options
 
 #: The client's address as the frontend sees it.
@@ -266,7 +266,6 @@ class Events:
         self.opened = False
         self.messages: list[tuple[bytes, bool]] = []
         self.closed: tuple[bool, int | None, str | None] | None = None
-        self.lost: Failure | None = None
 
 
 class WsClient(WebSocketClientProtocol):  # type: ignore[misc]
@@ -347,7 +346,6 @@ class RawPeer(Protocol):
     def __init__(self) -> None:
         self.received = bytearray()
         self.lost: Failure | None = None
-        self.eof = False
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -359,7 +357,6 @@ class RawPeer(Protocol):
 __all__ = [
     "CLIENT_ADDRESS",
     "Events",
-    "FrontendProtocol",
     "Network",
     "Pipe",
     "RawPeer",
