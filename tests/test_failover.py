@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsgate._backend import BackendError
+from wsgate._connect import BackendError
 from wsgate._failover import open_first
 from wsgate._pool import BackendPool
 

@@ -18,8 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from websockets.exceptions import InvalidStatus
 
+from wsgate._backend import connector_for
 from wsgate._config import AnyBackend, Listener, Route, RouteSettings, parse_backend
-from wsgate._liveroutes import ListenerRoutes, LiveRoute, connector_for, route_label
+from wsgate._liveroutes import ListenerRoutes, LiveRoute, route_label
 from wsgate._pool import BackendPool
 from wsgate._routing import Router
 from wsgate.testing import GateFactory, free_port

@@ -6,7 +6,6 @@ test_failover.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from wsgate._admission import Refused
-from wsgate._backend import BackendError
 from wsgate._config import AnyBackend, Route, RouteSettings, StreamBackend, parse_backend
+from wsgate._connect import BackendError, BackendRequest
 from wsgate._liveroutes import LiveRoute
 from wsgate._pool import BackendPool
 from wsgate.interfaces import Request
@@ -30,15 +29,11 @@ class _Connector:
     def __init__(self, backend: AnyBackend, calls: list[tuple[str, str]], down: set[str]) -> None:
         self._backend, self._calls, self._down = backend, calls, down
 
-    def connect(
-        self,
-        resource: str,
-        headers: Mapping[str, str],
-        protocols: Sequence[str],
-        origin: str | None,
-        useragent: str | None,
-    ) -> defer.Deferred[Any]:
-        self._calls.append((str(self._backend), resource))
+    def connect(self, request: BackendRequest) -> defer.Deferred[Any]:
+        # What the real connectors send as the request target.
+        self._calls.append(
+            (str(self._backend), self._backend.resource_for(request.path, request.query))
+        )
         if str(self._backend) in self._down:
             return defer.fail(BackendError(502, f"{self._backend} down", retryable=True))
         return defer.succeed(f"leg to {self._backend}")
@@ -46,10 +41,6 @@ class _Connector:
 
 def _client(path: str, query: str) -> Request:
     return Request("GET", path, query, {}, "127.0.0.1", "test")
-
-
-def _request() -> dict[str, Any]:
-    return {"headers": {}, "protocols": [], "origin": None, "useragent": None}
 
 
 def test_the_backends_are_tried_with_the_rewritten_path_and_the_query() -> None:
@@ -63,7 +54,9 @@ def test_the_backends_are_tried_with_the_rewritten_path_and_the_query() -> None:
     path = live.backend_path("/app/x")
     assert path == "/x"
     opening = live.open(
-        path, _client("/app/x", "q=1"), lambda backend, e: heard.append(backend), **_request()
+        BackendRequest(path, "q=1"),
+        _client("/app/x", "q=1"),
+        lambda backend, e: heard.append(backend),
     )
     assert _SYNC.successResultOf(opening) == (f"leg to {b}", b)
     assert calls == [(str(a), "/base/x?q=1"), (str(b), "/x?q=1")]
@@ -78,12 +71,12 @@ def test_an_unknown_token_is_404_and_a_known_one_opens_its_target(tmp_path: Path
     calls: list[tuple[str, str]] = []
     live = LiveRoute(route, None, lambda backend: _Connector(backend, calls, set()))
     client = _client("/websockify", "token=nope")
-    unknown = live.open("/websockify", client, lambda b, e: None, **_request())
+    unknown = live.open(BackendRequest("/websockify", "token=nope"), client, lambda b, e: None)
     refused = _SYNC.failureResultOf(unknown, Refused).value
     assert (refused.status, refused.reason, refused.plugin) == (404, "unknown token", "file")
     assert calls == []
     client = _client("/websockify/vnc1", "")
-    known = live.open("/websockify/vnc1", client, lambda b, e: None, **_request())
+    known = live.open(BackendRequest("/websockify/vnc1"), client, lambda b, e: None)
     leg, backend = _SYNC.successResultOf(known)
     assert isinstance(backend, StreamBackend) and leg == f"leg to {backend}"
     assert calls == [(str(backend), "")]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import memlegs
 import pytest
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -171,6 +172,52 @@ def test_tls_turned_on_keeps_the_socket(
     assert _result(gateway.reload()) is True
     assert reactor.bound[1001] is door
     assert isinstance(door._current, TLSMemoryBIOFactory)
+
+
+def test_reload_adds_and_removes_listeners_under_live_connections(
+    started: tuple[Gateway, _Reactor, Path],
+) -> None:
+    """A connection keeps relaying after its listener is removed; the added
+    listener serves the new routes; then the old port can be bound again."""
+    gateway, reactor, path = started
+    backends: dict[int, Any] = {}
+
+    def serve(host: str, port: int) -> Any:
+        backends[port] = memlegs.ws_server(reactor, echo=True)
+        return backends[port]
+
+    net = memlegs.Network(reactor, serve=serve)
+    with memlegs.autobahn_timers(reactor):
+        old = memlegs.ws_client(reactor, "ws://127.0.0.1:1001/a/x")
+        net.connect_client(reactor.bound[1001], old)
+        net.flush()
+        assert old.events.opened
+        path.write_text(
+            '[[listener]]\nendpoint = "tcp:1002"\n'
+            '[[route]]\nprefix = "/b"\nbackend = "ws://127.0.0.1:2"\n'
+        )
+        assert _result(gateway.reload()) is True
+        assert set(reactor.bound) == {1002}
+        old.sendMessage(b"still here", False)
+        net.flush()
+        assert old.events.messages == [(b"still here", False)]
+        assert old.events.closed is None
+        new = memlegs.ws_client(reactor, "ws://127.0.0.1:1002/b/y")
+        net.connect_client(reactor.bound[1002], new)
+        net.flush()
+        new.sendMessage(b"hello", False)
+        net.flush()
+        assert new.events.messages == [(b"hello", False)]
+        assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+        assert backends[1].requests[0].path == "/a/x"
+        assert backends[2].requests[0].path == "/b/y"
+        old.sendClose(1000)
+        new.sendClose(1000)
+        net.flush()
+        assert old.events.closed == (True, 1000, None) and new.events.closed == (True, 1000, None)
+        path.write_text(_config(1001, 1002))
+        assert _result(gateway.reload()) is True
+        assert set(reactor.bound) == {1001, 1002}
 
 
 def test_sighup_with_a_busy_port_end_to_end(wsgate: Any, tmp_path: Path) -> None:

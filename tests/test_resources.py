@@ -25,7 +25,7 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from wsgate._backend import BackendError, connect_failure
+from wsgate._connect import BackendError, connect_failure
 from wsgate._limits import ThrottledObserver
 from wsgate.testing import GateFactory, Wsgate, free_port
 
@@ -292,3 +292,11 @@ def test_20000_connection_cycles_leave_no_descriptor(wsgate: GateFactory) -> Non
             assert "Traceback" not in gate.log()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_connect_is_a_cancel_not_a_502() -> None:
+    # What an endpoint fails with when its connect is cancelled (the client
+    # went away): not the backend's fault, nothing to try next.
+    failure = Failure(error.ConnectingCancelledError(None))
+    with pytest.raises(defer.CancelledError):
+        connect_failure(failure, URL)

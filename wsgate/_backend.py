@@ -1,57 +1,29 @@
-"""The backend leg: an Autobahn client (ws:// or wss://) opened per client.
+"""The WebSocket backend leg: an Autobahn client (ws:// or wss://) opened per client.
 
-``BackendConnector.connect`` opens the leg and fires once the backend has
-answered its opening handshake, or fails with a ``BackendError`` that says
-which HTTP status the client should get (the backend's own refusal status,
-502 when it cannot be reached, 504 when it is too slow).
+``BackendConnector.connect`` opens the leg (through ``_connect``) and fires
+once the backend has answered its opening handshake, or fails with a
+``BackendError`` that says which HTTP status the client should get (the
+backend's own refusal status, 502 when it cannot be reached, 504 when it is
+too slow). ``connector_for`` picks this leg or the stream leg (``_tcpleg``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet import defer, error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from wsgate import _deflate
 from wsgate._closecodes import Side
-from wsgate._config import Backend, RouteSettings
+from wsgate._config import AnyBackend, Backend, RouteSettings, StreamBackend
+from wsgate._connect import BackendError, BackendRequest, Connector, endpoint
+from wsgate._tcpleg import StreamConnector
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
 from wsgate._wsleg import RelayedLeg, leg_options
-
-_P = TypeVar("_P", bound=Protocol)
-
-
-class BackendError(Exception):
-    """The backend leg could not be opened; ``status`` is for the client's answer."""
-
-    def __init__(
-        self, status: int, reason: str, *, retryable: bool = False, local: bool = False
-    ) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        #: The backend did not get to answer (refused, timed out, TLS, dropped):
-        #: another backend of the route may be tried, and this one's health suffers.
-        self.retryable = retryable
-        #: wsgate itself ran short (descriptors, buffers, ports): no backend is
-        #: to blame, and the client may try again soon (503 with Retry-After).
-        self.local = local
-        self.backend = "?"
 
 
 class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc]
@@ -139,8 +111,8 @@ def _why(reason: str | None) -> str:
     return f" ({reason})" if reason else ""
 
 
-class BackendConnector:
-    """Opens backend legs to one backend of a route, with the route's settings."""
+class BackendConnector(Connector[BackendProtocol]):
+    """Opens WebSocket legs to one backend of a route, with the route's settings."""
 
     def __init__(self, reactor: Any, settings: RouteSettings, backend: Backend) -> None:
         self._backend = backend
@@ -153,139 +125,35 @@ class BackendConnector:
             perMessageCompressionOffers=_deflate.client_offers(policy),
             perMessageCompressionAccept=_deflate.client_accept(policy),
         )
-        self._tls = backend_tls_options(backend, settings) if backend.secure else None
-        self._endpoint = _tcp_endpoint(
-            reactor, backend.host, backend.port, settings.connect_timeout
-        )
+        tls = backend_tls_options(backend, settings) if backend.secure else None
+        timeout = settings.connect_timeout
+        to = endpoint(reactor, backend.host, backend.port, timeout, tls=tls)
+        super().__init__(reactor, backend.url, to, timeout, self._leg)
 
-    def connect(
-        self,
-        resource: str,
-        headers: Mapping[str, str],
-        protocols: Sequence[str],
-        origin: str | None,
-        useragent: str | None,
-    ) -> defer.Deferred[BackendProtocol]:
+    def _leg(self, request: BackendRequest) -> BackendProtocol:
         backend = self._backend
-        request = ConnectingRequest(
-            host=backend.host,
-            port=backend.port,
-            resource=resource,
-            headers=dict(headers),
-            useragent=useragent,
-            origin=origin,
-            protocols=list(protocols),
+        protocol = BackendProtocol(
+            ConnectingRequest(
+                host=backend.host,
+                port=backend.port,
+                resource=backend.resource_for(request.path, request.query),
+                headers=dict(request.headers),
+                useragent=request.useragent,
+                origin=request.origin,
+                protocols=list(request.subprotocols),
+            )
         )
-        protocol = BackendProtocol(request)
         protocol.factory = self._factory
-        endpoint = self._endpoint
-        if self._tls is not None:
-            endpoint = wrapClientTLS(self._tls, endpoint)
-
-        connecting = connect_protocol(endpoint, protocol)
-
-        def connect_failed(failure: Failure) -> Failure:
-            return connect_failure(failure, backend.url)
-
-        def name_backend(failure: Failure) -> Failure:
-            if isinstance(failure.value, BackendError):
-                failure.value.backend = backend.url
-            return failure
-
-        connecting.addErrback(connect_failed)
-
-        def cancel(d: defer.Deferred[BackendProtocol]) -> None:
-            connecting.cancel()
-            if protocol.transport is not None:
-                protocol.dropConnection(abort=True)
-
-        result: defer.Deferred[BackendProtocol] = defer.Deferred(cancel)
-        connecting.addCallbacks(lambda _: protocol.opened, lambda f: f)
-        connecting.addErrback(name_backend)
-        connecting.chainDeferred(result)
-        return result
+        return protocol
 
 
-def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """An IP literal needs no name resolution: HostnameEndpoint would still
-    hop to a thread for getaddrinfo (a third of a handshake's CPU)."""
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)  # type: ignore[return-value]
+def connector_for(
+    reactor: Any, settings: RouteSettings, backend: AnyBackend
+) -> BackendConnector | StreamConnector:
+    """The connector for a backend: a WebSocket leg, or a stream leg."""
+    if isinstance(backend, StreamBackend):
+        return StreamConnector(reactor, settings, backend)
+    return BackendConnector(reactor, settings, backend)
 
 
-class _Given(Factory):
-    """Hands out one protocol already made. Twisted's ``connectProtocol``
-    defines a new factory *class* on every call, and the connection keeps it:
-    2.7 KiB per connection, more than a tenth of what an idle one costs."""
-
-    noisy = False  # no "Starting factory" / "Stopping factory" per backend connection
-
-    def __init__(self, made: Protocol) -> None:
-        self._made = made
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._made
-
-
-def connect_protocol(endpoint: Any, made: _P) -> defer.Deferred[_P]:
-    """``endpoint.connect`` for a protocol made beforehand."""
-    return endpoint.connect(_Given(made))  # type: ignore[no-any-return]
-
-
-#: Errors that say this host ran out of something, not that the backend failed.
-_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EADDRNOTAVAIL})
-
-
-def local_resource_error(exc: BaseException | None) -> int | None:
-    """The errno of ``exc`` when it is a local shortage (out of descriptors,
-    buffers or ports), else None. Twisted reports a socket() that failed as
-    ``ConnectBindError(errno, text)`` and a failed connect() as ``ConnectError``
-    with ``osError`` set; a plain ``OSError`` has ``errno``."""
-    for number in (getattr(exc, "osError", None), getattr(exc, "errno", None)):
-        if isinstance(number, int) and number in _LOCAL_ERRNOS:
-            return number
-    return None
-
-
-def connect_failure(failure: Failure, url: str) -> Failure:
-    """A failed TCP (or TLS) connect as the client's answer: 504 for a timeout,
-    502 otherwise, both worth trying the next backend. A local shortage
-    (EMFILE, ENFILE, ENOBUFS, EADDRNOTAVAIL) is 503 and not the backend's
-    fault: no other backend is tried and none is marked failed. A cancel (the
-    client went away) passes through."""
-    if failure.check(defer.CancelledError):
-        return failure
-    number = local_resource_error(failure.value)
-    if number is not None:
-        exc = BackendError(
-            503,
-            f"wsgate is out of local resources ({errno.errorcode[number]}) "
-            f"connecting to backend {url}",
-            local=True,
-        )
-    elif failure.check(defer.TimeoutError, error.TimeoutError):
-        exc = BackendError(504, f"connecting to backend {url} timed out", retryable=True)
-    else:
-        exc = BackendError(
-            502, f"backend {url} unreachable: {_short(failure.value)}", retryable=True
-        )
-    exc.backend = url
-    raise exc
-
-
-def _short(exc: BaseException | None) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-__all__ = [
-    "BackendConnector",
-    "BackendError",
-    "BackendProtocol",
-    "connect_failure",
-    "connect_protocol",
-    "local_resource_error",
-]
+__all__ = ["BackendConnector", "BackendProtocol", "connector_for"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from wsgate._backend import BackendError
+from wsgate._connect import BackendError
 from wsgate._pool import BackendPool
 
 B = TypeVar("B")

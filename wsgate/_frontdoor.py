@@ -22,8 +22,8 @@ from zope.interface import implementer
 
 from wsgate import _answers, _httphead, _web
 from wsgate._admission import Refused, Request, forward_user
-from wsgate._backend import BackendError
 from wsgate._config import AnyBackend
+from wsgate._connect import BackendError
 from wsgate._liveroutes import ListenerRoutes, LiveRoute
 from wsgate._routing import normalize_host, normalize_path
 

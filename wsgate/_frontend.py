@@ -20,7 +20,7 @@ from wsgate import _deflate, _headers
 from wsgate._closecodes import Side
 from wsgate._config import AnyBackend, RouteSettings, StreamBackend
 from wsgate._frontdoor import DoorFactory, FrontDoor
-from wsgate._liveroutes import ListenerRoutes
+from wsgate._liveroutes import BackendRequest, ListenerRoutes, Request
 from wsgate._relay import Relay
 from wsgate._wsleg import RelayedLeg, leg_options
 
@@ -79,18 +79,21 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             headers.pop(name, None)
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
         path = live.backend_path(self._route_path)
-        connecting = self._connecting = self._admit_then(
-            headers,
-            lambda client: live.open(
-                path,
-                client,
-                self._retrying,
+        query = self._head.target.partition("?")[2]
+
+        def open_leg(client: Request) -> defer.Deferred[Any]:
+            # After the authenticators: they may add a header (the identity).
+            backend_request = BackendRequest(
+                path=path,
+                query=query,
                 headers=headers,
-                protocols=protocols,
+                subprotocols=tuple(protocols),
                 origin=origin,
                 useragent=request_headers.get("user-agent"),
-            ),
-        )
+            )
+            return live.open(backend_request, client, self._retrying)
+
+        connecting = self._connecting = self._admit_then(headers, open_leg)
         # It may fire at once (an unknown token): return this Deferred, not
         # the attribute the callbacks reset.
         connecting.addCallbacks(self._backend_open, self._backend_failed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,11 +19,11 @@ from twisted.internet import defer
 
 from wsgate import _deflate, _failover
 from wsgate._admission import Gate, Request
-from wsgate._backend import BackendConnector, BackendError
-from wsgate._config import AnyBackend, Config, Listener, Route, RouteSettings, StreamBackend
+from wsgate._backend import connector_for
+from wsgate._config import AnyBackend, Config, Listener, Route
+from wsgate._connect import BackendError, BackendRequest
 from wsgate._pool import BackendPool
 from wsgate._routing import Router, rewrite_path
-from wsgate._tcpleg import StreamConnector
 
 #: The running routes' pools, by route (hosts, prefix, listeners).
 Pools = dict[tuple[Any, ...], BackendPool[AnyBackend]]
@@ -32,14 +32,7 @@ Pools = dict[tuple[Any, ...], BackendPool[AnyBackend]]
 class Connector(Protocol):
     """Opens one backend's legs (``BackendConnector``, ``StreamConnector``)."""
 
-    def connect(
-        self,
-        resource: str,
-        headers: Mapping[str, str],
-        protocols: Sequence[str],
-        origin: str | None,
-        useragent: str | None,
-    ) -> defer.Deferred[Any]: ...
+    def connect(self, request: BackendRequest) -> defer.Deferred[Any]: ...
 
 
 class LiveRoute:
@@ -92,29 +85,26 @@ class LiveRoute:
 
     def open(
         self,
-        path: str,
+        request: BackendRequest,
         client: Request,
         retrying: Callable[[AnyBackend, BackendError], None],
-        **request: Any,
     ) -> defer.Deferred[tuple[Any, AnyBackend]]:
-        """Open a leg to the first backend that accepts ``request`` (a
-        ``Connector.connect``'s keywords); a ``BackendError`` if none does,
-        an ``_admission.Refused`` if the client's token names none."""
-        return defer.Deferred.fromCoroutine(self._open(path, client, retrying, request))
+        """Open a leg to the first backend that accepts ``request`` (its path
+        already rewritten for the backends, ``backend_path``); a
+        ``BackendError`` if none does, an ``_admission.Refused`` if the
+        client's token names none."""
+        return defer.Deferred.fromCoroutine(self._open(request, client, retrying))
 
     async def _open(
         self,
-        path: str,
+        request: BackendRequest,
         client: Request,
         retrying: Callable[[AnyBackend, BackendError], None],
-        request: dict[str, Any],
     ) -> tuple[Any, AnyBackend]:
-        query = client.query
-        candidates = await self.candidates(path, client)
+        candidates = await self.candidates(request.path, client)
 
         def connect(backend: AnyBackend) -> defer.Deferred[Any]:
-            resource = backend.resource_for(path, query)
-            return self.connector(backend).connect(resource=resource, **request)
+            return self.connector(backend).connect(request)
 
         return await _failover.open_first(candidates, connect, self.pool, retrying)
 
@@ -163,12 +153,6 @@ def route_key(route: Route) -> tuple[Any, ...]:
     return (route.hosts, route.prefix, route.listeners)
 
 
-def connector_for(reactor: Any, settings: RouteSettings, backend: AnyBackend) -> Any:
-    if isinstance(backend, StreamBackend):
-        return StreamConnector(reactor, settings, backend)
-    return BackendConnector(reactor, settings, backend)
-
-
 def build(
     config: Config, reactor: Any, running: Pools
 ) -> tuple[dict[Listener, ListenerRoutes], Pools]:
@@ -203,11 +187,12 @@ def build(
 
 
 __all__ = [
+    "BackendRequest",
     "Connector",
     "ListenerRoutes",
     "LiveRoute",
     "Pools",
+    "Request",
     "build",
-    "connector_for",
     "route_label",
 ]

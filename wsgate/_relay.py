@@ -9,6 +9,7 @@ and keeps the figures for the connection's closing log line.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,6 +84,51 @@ class ReadingOf:
 
     def stopProducing(self) -> None:
         pass
+
+
+class TransportLeg:
+    """Flow control and the ending notice for a leg on a Twisted transport:
+    what the WebSocket legs (``_wsleg.RelayedLeg``) and the stream leg
+    (``_tcpleg.StreamLeg``) share. Comes before the protocol class in the bases.
+    """
+
+    side: Side
+    relay: Relay | None = None
+    transport: Any  # an ITransport (TCP, TLS, unix); zope interfaces confuse mypy
+    _ending_told: bool = False
+
+    def _may_read(self) -> bool:
+        """Whether resuming the transport makes sense (a closed one reads nothing)."""
+        return True
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self._may_read():
+            self.transport.resumeProducing()
+
+    def register_producer_of(self, other: Leg) -> None:
+        if self.transport is not None and getattr(other, "transport", None) is not None:
+            if getattr(self.transport, "producer", None) is not None:
+                # A connection that served static files first still has the
+                # HTTP channel registered.
+                self.transport.unregisterProducer()
+            self.transport.registerProducer(ReadingOf(other), True)
+
+    def unregister_producer(self) -> None:
+        if self.transport is not None and getattr(self.transport, "producer", 1) is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.unregisterProducer()
+
+    def _tell_ending(self, cause: Cause, code: int | None, reason: str) -> None:
+        """Tell the relay, once, that this leg started to end."""
+        if self._ending_told:
+            return
+        self._ending_told = True
+        if self.relay is not None:
+            self.relay.leg_ending(self.side, cause, code, reason)
 
 
 @dataclass(slots=True)

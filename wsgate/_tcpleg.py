@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer, error, interfaces, protocol
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    clientFromString,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgate import _sockets, _speedups
-from wsgate._backend import connect_failure, connect_protocol
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
-from wsgate._relay import ReadingOf
+from wsgate._connect import BackendRequest, Connector, stream_endpoint
+from wsgate._relay import TransportLeg
 
 _log = Logger(namespace="wsgate")
 
@@ -59,12 +52,10 @@ def choose_subprotocol(offered: Sequence[str]) -> str | None:
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class StreamLeg(protocol.Protocol):
+class StreamLeg(TransportLeg, protocol.Protocol):
     """One client's connection to a stream backend: a relay ``Leg``."""
 
     side = Side.BACKEND
-    relay: Any = None
-    transport: Any  # ITCPTransport (or TLS, unix); zope interfaces confuse mypy
     #: What the frontend's open log line and 101 answer ask of a backend leg.
     websocket_extensions_in_use: tuple[()] = ()
     http_response_data = b""
@@ -75,7 +66,6 @@ class StreamLeg(protocol.Protocol):
         self._clock = clock
         self._close_timeout = close_timeout
         self._pending = b""  # base64 text not yet a multiple of 4 characters
-        self._ending_told = False
         self._closing_call: Any = None
         #: What the stream said before the relay existed, in order, and how it
         #: ended if it did: delivered once the relay starts reading.
@@ -159,13 +149,6 @@ class StreamLeg(protocol.Protocol):
         if self.relay is not None:
             self.relay.leg_closed(Side.BACKEND, code, why)
 
-    def _tell_ending(self, cause: Cause, code: int, reason: str) -> None:
-        if self._ending_told:
-            return
-        self._ending_told = True
-        if self.relay is not None:
-            self.relay.leg_ending(Side.BACKEND, cause, code, reason)
-
     # -- from the relay (the client's messages) ----------------------------------
 
     def send_begin(self, binary: bool) -> None:
@@ -215,23 +198,10 @@ class StreamLeg(protocol.Protocol):
 
     # -- flow control ---------------------------------------------------------------
 
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
     def resume_reading(self) -> None:
         if self.relay is not None and (self._early or self._early_eof or self._early_loss):
             self._deliver_early()
-        if self.transport is not None:
-            self.transport.resumeProducing()
-
-    def register_producer_of(self, other: Any) -> None:
-        if self.transport is not None and getattr(other, "transport", None) is not None:
-            self.transport.registerProducer(ReadingOf(other), True)
-
-    def unregister_producer(self) -> None:
-        if self.transport is not None and getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
+        super().resume_reading()
 
     def dropConnection(self, abort: bool = True) -> None:
         """What the frontend calls on a backend leg the client never used."""
@@ -239,53 +209,19 @@ class StreamLeg(protocol.Protocol):
             self.transport.abortConnection()
 
 
-class StreamConnector:
+class StreamConnector(Connector[StreamLeg]):
     """Opens stream legs to one backend (a Twisted client endpoint string)."""
 
     def __init__(self, reactor: Any, settings: RouteSettings, backend: StreamBackend) -> None:
         self._reactor = reactor
-        self._settings = settings
-        self._backend = backend
-        self._endpoint = _resolving(reactor, clientFromString(reactor, backend.endpoint))
+        self._close_timeout = settings.close_timeout
+        to = stream_endpoint(reactor, backend.endpoint)
+        super().__init__(reactor, backend.url, to, settings.connect_timeout, self._leg)
 
-    def connect(
-        self,
-        resource: str,
-        headers: Mapping[str, str],
-        protocols: Sequence[str],
-        origin: str | None,
-        useragent: str | None,
-    ) -> defer.Deferred[StreamLeg]:
-        backend = self._backend
-        leg = StreamLeg(choose_subprotocol(protocols), self._reactor, self._settings.close_timeout)
-        connecting = connect_protocol(self._endpoint, leg)
-        connecting.addTimeout(self._settings.connect_timeout, self._reactor)
-
-        def failed(failure: Failure) -> Failure:
-            return connect_failure(failure, backend.url)
-
-        connecting.addErrback(failed)
-        connecting.addCallback(lambda _: leg.opened)
-
-        def cancel(d: defer.Deferred[StreamLeg]) -> None:
-            connecting.cancel()
-            leg.dropConnection()
-
-        result: defer.Deferred[StreamLeg] = defer.Deferred(cancel)
-        connecting.chainDeferred(result)
-        return result
-
-
-def _resolving(reactor: Any, endpoint: Any) -> Any:
-    """``tcp:name:port`` makes a TCP4ClientEndpoint, which resolves IPv4 only
-    and cannot reach an IPv6 literal: a host name gets HostnameEndpoint (IPv4
-    and IPv6, happy eyeballs), an IPv6 literal TCP6ClientEndpoint."""
-    if isinstance(endpoint, TCP4ClientEndpoint) and not isIPAddress(endpoint._host):
-        host, port, timeout = endpoint._host, endpoint._port, endpoint._timeout
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    return endpoint
+    def _leg(self, request: BackendRequest) -> StreamLeg:
+        return StreamLeg(
+            choose_subprotocol(request.subprotocols), self._reactor, self._close_timeout
+        )
 
 
 __all__ = ["BASE64", "BINARY", "StreamConnector", "StreamLeg", "choose_subprotocol"]

@@ -82,11 +82,8 @@ class Target:
     port: int
 
     def endpoint(self) -> str:
-        """A Twisted client endpoint string (``tcp:``) for ``clientFromString``.
-
-        ``tcp:`` builds a TCP4ClientEndpoint: fine for IP literals of either
-        family, but it resolves names to IPv4 only; for a name that may have
-        only AAAA records, use ``HostnameEndpoint(reactor, host, port)``.
+        """A Twisted client endpoint string (``tcp:``), the target's stream
+        backend (``_connect.stream_endpoint`` resolves a name to IPv4 and IPv6).
         """
         return f"tcp:host={_escape(self.host)}:port={self.port}"
 

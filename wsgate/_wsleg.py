@@ -10,7 +10,6 @@ even when no frame was sent yet (wrong for an empty message).
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -25,11 +24,10 @@ from wsgate._closecodes import (
     Side,
     truncate_reason,
 )
-from wsgate._relay import ReadingOf
+from wsgate._relay import TransportLeg
 
 if TYPE_CHECKING:
     from wsgate._config import RouteSettings
-    from wsgate._relay import Leg, Relay
 
 #: What only the opening handshake reads: the request and response heads,
 #: their parsed headers, the offers. About 2 KiB per open connection.
@@ -47,18 +45,15 @@ _CLOSING = WebSocketProtocol.STATE_CLOSING
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
-class RelayedLeg:
+class RelayedLeg(TransportLeg):
     """Mixin for an Autobahn (Twisted) protocol that is one leg of a relay.
 
     Must come before the Autobahn class in the bases.
     """
 
-    side: Side
-    relay: Relay | None = None
     _tail: bytes = b""
     _out_opcode: int = 1
     _out_first: bool = True
-    _ending_told: bool = False
     #: A failure found on this leg, held back until the other leg has closed.
     _held: tuple[int, str] | None = None
     _in_close_frame: bool = False
@@ -75,7 +70,6 @@ class RelayedLeg:
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
-    transport: Any
     current_frame: Any
     current_frame_masker: Any
     _perMessageCompress: Any
@@ -187,35 +181,10 @@ class RelayedLeg:
 
     # -- flow control ----------------------------------------------------------
 
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and self.state != _CLOSED:
-            self.transport.resumeProducing()
-
-    def register_producer_of(self, other: Leg) -> None:
-        if self.transport is not None and getattr(other, "transport", None) is not None:
-            if getattr(self.transport, "producer", None) is not None:
-                # A connection that served static files first still has the
-                # HTTP channel registered.
-                self.transport.unregisterProducer()
-            self.transport.registerProducer(ReadingOf(other), True)
-
-    def unregister_producer(self) -> None:
-        if self.transport is not None and getattr(self.transport, "producer", 1) is not None:
-            with contextlib.suppress(AttributeError, RuntimeError):
-                self.transport.unregisterProducer()
+    def _may_read(self) -> bool:
+        return self.state != _CLOSED
 
     # -- endings ---------------------------------------------------------------
-
-    def _tell_ending(self, cause: Cause, code: int | None, reason: str) -> None:
-        if self._ending_told:
-            return
-        self._ending_told = True
-        if self.relay is not None:
-            self.relay.leg_ending(self.side, cause, code, reason)
 
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # Autobahn's hook for every failure it detects (protocol error, bad

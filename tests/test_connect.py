@@ -1,0 +1,166 @@
+"""How wsgate reaches a backend (``_connect``): the endpoint, the connect, its failures.
+
+In memory: a ``MemoryReactorClock`` records where each connect goes, and
+its clock runs the connect timeout. The failure mapping itself is tested
+with Twisted's own exceptions in test_resources.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    _parse,
+)
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from wsgate._backend import BackendConnector
+from wsgate._config import RouteSettings, parse_backend
+from wsgate._connect import BackendError, BackendRequest, split_endpoint, stream_endpoint
+from wsgate._tcpleg import BINARY, StreamConnector, StreamLeg
+
+_SYNC = SynchronousTestCase()
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "tcp:127.0.0.1:5900",
+        "tcp:host=vnc.lan:port=5900:timeout=3",
+        r"tcp:host=\:\:1:port=5901",
+        r"tcp:\:\:1:5901",
+        "unix:/run/vnc.sock",
+        "tls:host=a=b:port=1",
+        "tcp:",
+        "",
+    ],
+)
+def test_split_like_twisted(description: str) -> None:
+    args, options = _parse(description)
+    assert split_endpoint(description) == (args, options)
+
+
+@given(st.text(alphabet=":=\\ab1", max_size=12))
+def test_split_like_twisted_for_any_text(description: str) -> None:
+    try:
+        expected = _parse(description)
+    except RuntimeError:  # a trailing backslash; the config check refuses it
+        return
+    assert split_endpoint(description) == expected
+
+
+@pytest.mark.parametrize(
+    ("description", "kind", "where"),
+    [
+        ("tcp:127.0.0.1:5900", TCP4ClientEndpoint, ("127.0.0.1", 5900)),
+        (r"tcp:host=\:\:1:port=5901", TCP6ClientEndpoint, ("::1", 5901)),
+        (r"tcp:\:\:1:5901", TCP6ClientEndpoint, ("::1", 5901)),
+        ("tcp:host=vnc.lan:port=5900", HostnameEndpoint, None),
+        ("TCP:vnc.lan:5900", HostnameEndpoint, None),
+    ],
+)
+def test_stream_endpoint_picks_by_address(description: str, kind: type, where: Any) -> None:
+    reactor = MemoryReactorClock()
+    found = stream_endpoint(reactor, description)
+    assert type(found) is kind
+    if where is not None:
+        found.connect(_factory())
+        [(host, port, _, timeout, bind)] = reactor.tcpClients
+        assert (host, port, timeout, bind) == (*where, 30, None)
+
+
+def test_stream_endpoint_keeps_timeout_and_bind_address() -> None:
+    reactor = MemoryReactorClock()
+    found = stream_endpoint(reactor, "tcp:host=\\:\\:1:port=1:timeout=3:bindAddress=\\:\\:2")
+    found.connect(_factory())
+    [(host, port, _, timeout, bind)] = reactor.tcpClients
+    assert (host, port, timeout, bind) == ("::1", 1, 3, ("::2", 0))
+
+
+def test_other_endpoint_strings_are_twisteds() -> None:
+    reactor = MemoryReactorClock()
+    assert isinstance(stream_endpoint(reactor, "unix:/run/vnc.sock"), UNIXClientEndpoint)
+
+
+def _factory() -> Any:
+    from twisted.internet.protocol import Factory, Protocol
+
+    return Factory.forProtocol(Protocol)
+
+
+def _stream(timeout: float = 3.0) -> tuple[MemoryReactorClock, StreamConnector]:
+    reactor = MemoryReactorClock()
+    settings = RouteSettings(connect_timeout=timeout)
+    return reactor, StreamConnector(reactor, settings, parse_backend("tcp:127.0.0.1:5900"))  # type: ignore[arg-type]
+
+
+def test_connect_times_out_with_504_on_the_clock() -> None:
+    reactor, connector = _stream(timeout=3.0)
+    opening = connector.connect(BackendRequest())
+    reactor.advance(2.9)
+    _SYNC.assertNoResult(opening)
+    reactor.advance(0.1)
+    error = _SYNC.failureResultOf(opening, BackendError).value
+    assert (error.status, error.retryable, error.backend) == (504, True, "tcp:127.0.0.1:5900")
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_refused_connect_is_502_and_its_timeout_goes() -> None:
+    reactor, connector = _stream()
+    opening = connector.connect(BackendRequest())
+    [(_, _, factory, _, _)] = reactor.tcpClients
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    error = _SYNC.failureResultOf(opening, BackendError).value
+    assert (error.status, error.retryable) == (502, True)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_the_stream_leg_opens_with_the_chosen_subprotocol() -> None:
+    reactor, connector = _stream()
+    opening = connector.connect(BackendRequest(subprotocols=("base64", BINARY)))
+    [(_, _, factory, _, _)] = reactor.tcpClients
+    factory.buildProtocol(None).makeConnection(StringTransport())
+    leg = _SYNC.successResultOf(opening)
+    assert isinstance(leg, StreamLeg) and leg.websocket_protocol_in_use == BINARY
+
+
+def test_cancel_while_connecting_stops_the_connect() -> None:
+    reactor, connector = _stream()
+    opening = connector.connect(BackendRequest())
+    opening.cancel()
+    _SYNC.failureResultOf(opening, defer.CancelledError)
+    [connector_] = reactor.connectors
+    assert connector_.stoppedConnecting  # type: ignore[attr-defined]
+
+
+def test_cancel_during_the_websocket_handshake_drops_the_leg() -> None:
+    reactor = MemoryReactorClock()
+    backend = parse_backend("ws://127.0.0.1:9000/base")
+    connector = BackendConnector(reactor, RouteSettings(), backend)  # type: ignore[arg-type]
+    request = BackendRequest("/x", "q=1", {"x-a": "1"}, ("chat",), "https://o.example", "agent/1")
+    opening = connector.connect(request)
+    [(_, _, factory, _, _)] = reactor.tcpClients
+    wrapper = factory.buildProtocol(None)
+    transport = FakeTransport(wrapper, isServer=False)
+    wrapper.makeConnection(transport)
+    head = transport.getOutBuffer().decode("latin-1")
+    assert head.startswith("GET /base/x?q=1 HTTP/1.1\r\n")
+    for line in ("x-a: 1", "Sec-WebSocket-Protocol: chat", "Origin: https://o.example"):
+        assert line in head.split("\r\n"), head
+    assert "User-Agent: agent/1" in head
+    _SYNC.assertNoResult(opening)
+    opening.cancel()
+    _SYNC.failureResultOf(opening, defer.CancelledError)
+    assert transport.disconnecting
