@@ -405,6 +405,8 @@ class RouteSettings:
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     idle_timeout: float = 0.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     close_timeout: float = 5.0
     origins: tuple[str, ...] = ("*",)
     subprotocols: tuple[str, ...] | None = None
@@ -488,6 +490,25 @@ SETTINGS: tuple[Setting, ...] = (
         "ping in either direction; 0 = never.",
         cli=True,
         example="3600",
+    ),
+    Setting(
+        "ping_interval",
+        parse_seconds_or_zero,
+        "20",
+        "Seconds without a frame from a peer after which wsgate pings it, on each "
+        "WebSocket leg on its own (keeps quiet connections alive through proxies' "
+        "idle timeouts); 0 = never ping.",
+        cli=True,
+        example="30",
+    ),
+    Setting(
+        "ping_timeout",
+        parse_seconds_or_zero,
+        "20",
+        "Seconds a peer has to answer wsgate's ping; a silent peer's connection is "
+        "dropped and the other leg gets 1011 (backend gone) or 1001 (client gone). "
+        "0 = ping but never give up.",
+        cli=True,
     ),
     Setting(
         "close_timeout",

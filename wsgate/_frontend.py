@@ -136,6 +136,13 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             self._counted = True
             self.relay.idle_timeout(self._live.route.settings.idle_timeout)
         self.relay.start()
+        if self._live is not None:
+            settings = self._live.route.settings
+            for leg in (self, backend):
+                if isinstance(leg, RelayedLeg):
+                    leg.keep_alive(
+                        self.factory.clock, settings.ping_interval, settings.ping_timeout
+                    )
         self.shed_handshake()
         if isinstance(backend, RelayedLeg):
             backend.shed_handshake()

@@ -25,11 +25,15 @@ from wsgate._closecodes import (
     Side,
     truncate_reason,
 )
+from wsgate._keepalive import Keepalive
 from wsgate._relay import ReadingOf
 
 if TYPE_CHECKING:
     from wsgate._config import RouteSettings
-    from wsgate._relay import Leg, Relay
+    from wsgate._relay import Clock, Leg, Relay
+
+#: The payload of wsgate's own keepalive pings.
+_PING_PAYLOAD = b"wsgate"
 
 #: What only the opening handshake reads: the request and response heads,
 #: their parsed headers, the offers. About 2 KiB per open connection.
@@ -72,6 +76,10 @@ class RelayedLeg:
     #: the frames its peer still sent in the same read, and Autobahn's size
     #: accounting must not crash on them (wstest 5.x, fragmentation errors).
     message_data_total_length: int = 0
+    #: Pings this leg's peer when it is quiet (``keep_alive``); None: off.
+    _keepalive: Keepalive | None = None
+    #: Why wsgate dropped this leg's TCP connection itself, for the log line.
+    _dropped_why: str | None = None
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
@@ -95,6 +103,36 @@ class RelayedLeg:
         attributes = self.__dict__
         for name in _HANDSHAKE_ONLY:
             attributes.pop(name, None)
+
+    # -- keepalive -------------------------------------------------------------
+
+    def keep_alive(self, clock: Clock, interval: float, timeout: float) -> None:
+        """Ping this leg's peer after ``interval`` quiet seconds; drop it when
+        no frame comes back within ``timeout`` (0 interval: never ping)."""
+        if interval > 0 and self.state == _OPEN and self._keepalive is None:
+            self._keepalive = Keepalive(
+                clock,
+                interval,
+                timeout,
+                self._keepalive_ping,
+                lambda: self._peer_unresponsive(timeout),
+            )
+
+    def _keepalive_ping(self) -> bool:
+        if self.state != _OPEN or self._held is not None:
+            return False  # closing: the close timeout watches the peer now
+        self.sendPing(_PING_PAYLOAD)  # type: ignore[attr-defined]
+        return True
+
+    def _peer_unresponsive(self, timeout: float) -> None:
+        """A ping went unanswered: the peer is gone. The other leg is told
+        first (1011 to the client for a dead backend, 1001 to the backend for
+        a dead client), then this TCP connection is dropped."""
+        if self.state != _OPEN:
+            return
+        self._dropped_why = f"no pong within {timeout:g} s"
+        self._tell_ending(Cause.DROPPED, None, self._dropped_why)
+        self.transport.abortConnection()
 
     # -- incoming: stream every piece to the relay ---------------------------
 
@@ -190,10 +228,14 @@ class RelayedLeg:
     def pause_reading(self) -> None:
         if self.transport is not None:
             self.transport.pauseProducing()
+        if self._keepalive is not None:
+            self._keepalive.pause()
 
     def resume_reading(self) -> None:
         if self.transport is not None and self.state != _CLOSED:
             self.transport.resumeProducing()
+        if self._keepalive is not None:
+            self._keepalive.resume()
 
     def register_producer_of(self, other: Leg) -> None:
         if self.transport is not None and getattr(other, "transport", None) is not None:
@@ -311,6 +353,8 @@ class RelayedLeg:
             )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
         deadline, self._fin_deadline = self._fin_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
@@ -318,7 +362,7 @@ class RelayedLeg:
             self._ending_told = True
             received = self._received_code
             if received is None:
-                received, why = ABNORMAL, reason or ""
+                received, why = ABNORMAL, self._dropped_why or reason or ""
             else:
                 why = self.remoteCloseReason or ""
             self.relay.leg_closed(self.side, received, why, sent=self._sent_code)
@@ -327,6 +371,9 @@ class RelayedLeg:
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
+        keepalive = self._keepalive
+        if keepalive is not None:
+            keepalive.heard()
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
