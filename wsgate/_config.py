@@ -408,6 +408,7 @@ class RouteSettings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     close_timeout: float = 5.0
+    drain_timeout: float = 30.0
     origins: tuple[str, ...] = ("*",)
     subprotocols: tuple[str, ...] | None = None
     add_headers: tuple[tuple[str, str], ...] = ()
@@ -515,6 +516,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse_seconds,
         "5",
         "Seconds a closing handshake may take before the TCP connection is dropped.",
+        cli=True,
+    ),
+    Setting(
+        "drain_timeout",
+        parse_seconds_or_zero,
+        "30",
+        "On SIGTERM (SIGINT under twistd -n), seconds an open connection has to close "
+        "after its 1001 before it is dropped; wsgate exits when none is left.",
         cli=True,
     ),
     Setting(

@@ -154,7 +154,24 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             self._backend.dropConnection(abort=True)
         super().onClose(wasClean, code, reason)
 
+    def _ended(self) -> bool:
+        return self.relay is None or self.relay.finished
+
+    def go_away(self) -> float | None:
+        if self.relay is None or self._live is None:
+            return super().go_away()  # not a WebSocket yet
+        if not self.relay.go_away():
+            return None
+        return self._live.route.settings.drain_timeout
+
+    def drop(self) -> None:
+        backend = self._backend
+        if backend is not None and backend.transport is not None:
+            backend.transport.abortConnection()
+        super().drop()
+
     def _finished(self, relay: Relay) -> None:
+        self.factory.connections.discard(self)
         live, chosen = self._live, self._chosen
         if self._counted and live is not None and live.pool is not None and chosen is not None:
             live.pool.closed(chosen)

@@ -32,9 +32,10 @@ from wsgate._tls import restrict_ciphers
 _log = Logger(namespace="wsgate")
 
 
-def make_service(config: Config, reactor: Any) -> Gateway:
-    """Build, but do not start, the listeners for ``config``."""
-    return Gateway(config, reactor)
+def make_service(config: Config, reactor: Any, connections: Any = None) -> Gateway:
+    """Build, but do not start, the listeners for ``config``; their client
+    connections are tracked in ``connections`` (a ``_drain.Connections``)."""
+    return Gateway(config, reactor, connections)
 
 
 @dataclass(slots=True)
@@ -52,9 +53,10 @@ class _Open:
 class Gateway(service.MultiService):
     """Every listener of one configuration, and SIGHUP reloads of it."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, connections: Any = None) -> None:
         super().__init__()
         self._reactor = reactor
+        self._connections = connections
         self.config = config
         self._pools: Pools = {}
         self._open: dict[str, _Open] = {}
@@ -76,6 +78,8 @@ class Gateway(service.MultiService):
     ) -> tuple[FrontendFactory, _SwappableCreator | None, Any]:
         """The frontend of a listener, and the factory its socket should use."""
         factory = FrontendFactory(routes, self._reactor)
+        if self._connections is not None:
+            factory.connections = self._connections
         if not listener.certificates:
             return factory, None, factory
         from wsgate._sni import tls_factory

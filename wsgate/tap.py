@@ -280,6 +280,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from wsgate import _daemon, _speedups
+    from wsgate._drain import Connections, DrainingService
     from wsgate._service import make_service
 
     _daemon.watch()
@@ -287,5 +288,7 @@ def makeService(options: Options) -> IService:
     # module, the reactor's loop), which is the program's to decide; tests and
     # embedders that build a Gateway keep the plain path.
     _speedups.install(reactor)
-    service: Any = make_service(options["config"], reactor)
-    return service  # type: ignore[no-any-return]
+    connections = Connections()
+    process: Any = DrainingService(connections, reactor)
+    make_service(options["config"], reactor, connections).setServiceParent(process)
+    return process  # type: ignore[no-any-return]
