@@ -216,6 +216,19 @@ def parse_bool(value: Any, where: str) -> bool:
     raise ConfigError(f"{where}: expected true or false, not {value!r}")
 
 
+def parse_limit(value: Any, where: str) -> int:
+    """A connection limit: a whole number, 0 for none."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: expected a whole number (0 = no limit)")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a whole number (0 = no limit)") from None
+    if number < 0:
+        raise ConfigError(f"{where}: {value!r} must be 0 (no limit) or more")
+    return number
+
+
 def parse_count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigError(f"{where}: expected a whole number of at least 1")
@@ -662,6 +675,10 @@ class Config:
     listeners: tuple[Listener, ...]
     routes: tuple[Route, ...]
     source: str | None = None  # the TOML file, for reloads
+    #: WebSocket connections open at once, whole process / per client
+    #: address (after PROXY protocol); 0 = no limit.
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
 
     def routes_for(self, listener: Listener) -> tuple[Route, ...]:
         if listener.redirect is not None:

@@ -29,12 +29,29 @@ from wsgate._config import (
     apply_settings,
     parse_backend,
     parse_bool,
+    parse_limit,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
 )
 
-_TOP_KEYS = ("defaults", "listener", "route")
+#: Top-level keys that are not tables: they apply to the whole process.
+PROCESS_DOC: tuple[tuple[str, str, str], ...] = (
+    (
+        "max_connections",
+        "0",
+        "WebSocket connections open at once in the whole process; one more gets 503 "
+        "with Retry-After before any backend is contacted. 0 = no limit. "
+        "CLI: ``--max-connections``.",
+    ),
+    (
+        "max_connections_per_ip",
+        "0",
+        "The same, per client address (the real one behind ``haproxy:`` listeners). "
+        "0 = no limit. CLI: ``--max-connections-per-ip``.",
+    ),
+)
+_TOP_KEYS = ("defaults", "listener", "route", *(key for key, _, _ in PROCESS_DOC))
 _LISTENER_KEYS = (
     "endpoint",
     "name",
@@ -239,10 +256,18 @@ class _FileReader:
             self.errors.append(
                 f'{self._path}: no [[listener]]: add one, e.g. [[listener]] endpoint = "tcp:8080"'
             )
+        limits = {}
+        for key in ("max_connections", "max_connections_per_ip"):
+            if key in data:
+                try:
+                    limits[key] = parse_limit(data[key], self._at("top level", key))
+                except ConfigError as e:
+                    self.errors.append(str(e))
         config = Config(
             listeners=tuple(x for x in listeners if x is not None),
             routes=tuple(r for r in routes if r is not None),
             source=self._path,
+            **limits,
         )
         if not self.errors:
             self.errors.extend(check(config, self._path))
@@ -636,6 +661,7 @@ def reference_rst() -> str:
             lines.extend([f"   * - ``{key}``", f"     - {_literal(default)}", f"     - {doc}"])
         lines.append("")
 
+    table("Top level (the whole process)", PROCESS_DOC)
     table("``[[listener]]`` (one or more)", LISTENER_DOC)
     table("``[[route]]`` (any number)", ROUTE_DOC)
     settings: list[tuple[str, str, str]] = []

@@ -13,6 +13,7 @@ them all at once.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from typing import Any, Protocol
 
 from twisted.application import service
@@ -41,6 +42,33 @@ class Connections:
         self._waiting: list[defer.Deferred[None]] = []
         #: Set when the drain starts: health paths answer 503 "draining".
         self.draining = False
+        #: Admitted WebSocket connections, all and by client address.
+        self._admitted: dict[Drainable, str] = {}
+        self._per_address: Counter[str] = Counter()
+        self._max_total = 0
+        self._max_per_address = 0
+
+    def limit(self, config: Any) -> None:
+        """Take the limits of ``config`` (a ``Config``; at start and on reload)."""
+        self._max_total = config.max_connections
+        self._max_per_address = config.max_connections_per_ip
+
+    def admit(self, connection: Drainable, address: str) -> str | None:
+        """Count a WebSocket upgrade in, or say why it is over a limit."""
+        if self._max_total and len(self._admitted) >= self._max_total:
+            return f"too many connections (max_connections = {self._max_total})"
+        if self._max_per_address and self._per_address[address] >= self._max_per_address:
+            return (
+                f"too many connections from {address} "
+                f"(max_connections_per_ip = {self._max_per_address})"
+            )
+        self._admitted[connection] = address
+        self._per_address[address] += 1
+        return None
+
+    @property
+    def admitted(self) -> int:
+        return len(self._admitted)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -52,6 +80,13 @@ class Connections:
         if connection not in self._open:
             return
         self._open.discard(connection)
+        address = self._admitted.pop(connection, None)
+        if address is not None:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
         if not self._open:
             waiting, self._waiting = self._waiting, []
             for d in waiting:

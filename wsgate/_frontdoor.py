@@ -103,6 +103,12 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         if live is None:
             where = (host or "") + parts.path
             return self.failHandshake(f"no route for {where}", 404)
+        transport: Any = self.transport
+        peer = transport.getPeer()  # behind haproxy:, the address PROXY sent
+        over = self.factory.connections.admit(self, str(getattr(peer, "host", peer)))
+        if over is not None:
+            self._retry_after = _RETRY_AFTER
+            return self.failHandshake(over, 503)
         self._live = live
         settings = live.route.settings
         self.maxMessagePayloadSize = settings.autobahn_message_limit

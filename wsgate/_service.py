@@ -195,6 +195,8 @@ class Gateway(service.MultiService):
                 closing.append(defer.maybeDeferred(opened.service.disownServiceParent))
         self._pools = pools
         self.config = config
+        if self._connections is not None:
+            self._connections.limit(config)
         for listener, routes in built.items():
             running = self._open.get(listener.endpoint)
             if running is None:

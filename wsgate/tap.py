@@ -20,6 +20,7 @@ from wsgate._config import (
     RouteSettings,
     apply_settings,
     parse_backend,
+    parse_limit,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
@@ -103,6 +104,20 @@ class Options(usage.Options):
             "TLS 1.2 cipher suites of ssl: listeners (an OpenSSL cipher string). "
             "Default: Mozilla's intermediate profile (no CBC or SHA-1 suites).",
         ],
+        [
+            "max-connections",
+            None,
+            None,
+            "WebSocket connections open at once in the whole process; more get 503 "
+            "with Retry-After. Default: 0 (no limit).",
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            None,
+            "The same per client address (the real one behind haproxy: listeners). "
+            "Default: 0 (no limit).",
+        ],
         *_setting_options(),
     ]
 
@@ -178,6 +193,8 @@ class Options(usage.Options):
                 "request-timeout",
                 "trust-forwarded-from",
                 "tls-ciphers",
+                "max-connections",
+                "max-connections-per-ip",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -269,6 +286,10 @@ class Options(usage.Options):
                 for e in listen
             ),
             routes=tuple(routes),
+            max_connections=parse_limit(self["max-connections"] or 0, "--max-connections"),
+            max_connections_per_ip=parse_limit(
+                self["max-connections-per-ip"] or 0, "--max-connections-per-ip"
+            ),
         )
         problems = check(config, "command line")
         if problems:
@@ -290,5 +311,6 @@ def makeService(options: Options) -> IService:
     _speedups.install(reactor)
     connections = Connections()
     process: Any = DrainingService(connections, reactor)
+    connections.limit(options["config"])
     make_service(options["config"], reactor, connections).setServiceParent(process)
     return process  # type: ignore[no-any-return]
