@@ -229,6 +229,12 @@ def parse_limit(value: Any, where: str) -> int:
     return number
 
 
+def parse_log_format(value: Any, where: str) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f'{where}: {value!r} is not a log format; valid: "text", "json"')
+    return str(value)
+
+
 def parse_count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigError(f"{where}: expected a whole number of at least 1")
@@ -679,6 +685,8 @@ class Config:
     #: address (after PROXY protocol); 0 = no limit.
     max_connections: int = 0
     max_connections_per_ip: int = 0
+    #: "text" (twistd's lines) or "json" (one object per event); read at start.
+    log_format: str = "text"
 
     def routes_for(self, listener: Listener) -> tuple[Route, ...]:
         if listener.redirect is not None:

@@ -30,6 +30,7 @@ from wsgate._config import (
     parse_backend,
     parse_bool,
     parse_limit,
+    parse_log_format,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
@@ -49,6 +50,13 @@ PROCESS_DOC: tuple[tuple[str, str, str], ...] = (
         "0",
         "The same, per client address (the real one behind ``haproxy:`` listeners). "
         "0 = no limit. CLI: ``--max-connections-per-ip``.",
+    ),
+    (
+        "log_format",
+        '"text"',
+        '``"text"`` (twistd\'s lines) or ``"json"`` (one JSON object per event and line; '
+        "the connection open and close events carry their figures as fields). Read at "
+        "start, not on reload. CLI: ``--log-format``.",
     ),
 )
 _TOP_KEYS = ("defaults", "listener", "route", *(key for key, _, _ in PROCESS_DOC))
@@ -256,11 +264,15 @@ class _FileReader:
             self.errors.append(
                 f'{self._path}: no [[listener]]: add one, e.g. [[listener]] endpoint = "tcp:8080"'
             )
-        limits = {}
-        for key in ("max_connections", "max_connections_per_ip"):
+        limits: dict[str, Any] = {}
+        for key, parse in (
+            ("max_connections", parse_limit),
+            ("max_connections_per_ip", parse_limit),
+            ("log_format", parse_log_format),
+        ):
             if key in data:
                 try:
-                    limits[key] = parse_limit(data[key], self._at("top level", key))
+                    limits[key] = parse(data[key], self._at("top level", key))
                 except ConfigError as e:
                     self.errors.append(str(e))
         config = Config(

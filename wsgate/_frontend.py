@@ -8,6 +8,7 @@ early is lost, reordered, or buffered without bound.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -37,6 +38,9 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     _request: ConnectionRequest | None = None
     _chosen: AnyBackend | None = None
     _counted: bool = False  # in its backend's active count
+    request_id: str = "-"  # X-Request-Id, set when the backend is opened
+    #: What the open log line said, repeated as fields of the close event.
+    _opened_fields: dict[str, Any] | None = None
 
     # -- the WebSocket request: open the backend first ----------------------------
 
@@ -75,6 +79,9 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             ),
         )
         headers = _headers.backend_headers(client)
+        # The connection's id: the client's (or an earlier proxy's) if it sent
+        # one, for its log lines and the backend's.
+        self.request_id = headers.setdefault("x-request-id", os.urandom(8).hex())
         for name in settings.remove_headers:
             headers.pop(name, None)
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
@@ -119,16 +126,21 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     def onOpen(self) -> None:
         backend = self._backend
         assert backend is not None and self.relay is not None
+        self._opened_fields = {
+            "route": self._live.route.name if self._live else "-",
+            "backend": self._chosen.url if self._chosen else "-",
+            "subprotocol": self.websocket_protocol_in_use,
+            "client_ext": _deflate.describe_in_use(self.websocket_extensions_in_use),
+            "backend_ext": _deflate.describe_in_use(backend.websocket_extensions_in_use),
+        }
         _log.info(
             "open {peer} {path} -> {backend} subprotocol={subprotocol} "
-            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route}",
+            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route} id={request_id}",
+            event="open",
             peer=self.peer,
             path=self._path(),
-            route=self._live.route.name if self._live else "-",
-            backend=self._chosen.url if self._chosen else "-",
-            subprotocol=self.websocket_protocol_in_use,
-            client_ext=_deflate.describe_in_use(self.websocket_extensions_in_use),
-            backend_ext=_deflate.describe_in_use(backend.websocket_extensions_in_use),
+            request_id=self.request_id,
+            **self._opened_fields,
         )
         if self._live is not None and self._chosen is not None:
             if self._live.pool is not None:
@@ -177,15 +189,26 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             live.pool.closed(chosen)
         first = relay.first_close
         up, down = relay.stats.upstream, relay.stats.downstream
+        client_close, backend_close = (
+            relay.closed_with(Side.CLIENT),
+            relay.closed_with(Side.BACKEND),
+        )
         _log.info(
-            "close {peer} {path}: first={first} client={client} backend={backend} "
+            "close {peer} {path}: first={first} client={client_close} backend={backend_close} "
             "up={up_msgs} msgs/{up_bytes} B down={down_msgs} msgs/{down_bytes} B "
-            "in {duration:.3f} s",
+            "in {duration:.3f} s id={request_id}",
+            event="close",
+            request_id=self.request_id,
+            client_close_sent=relay.sent_on(Side.CLIENT),
+            client_close_received=client_close[0] if client_close else None,
+            backend_close_sent=relay.sent_on(Side.BACKEND),
+            backend_close_received=backend_close[0] if backend_close else None,
+            **(self._opened_fields or {}),
             peer=self.peer,
             path=self._path(),
             first=f"{first[0].value} {first[1].value}" if first else "none",
-            client=_fmt_close(relay, Side.CLIENT),
-            backend=_fmt_close(relay, Side.BACKEND),
+            client_close=_fmt_close(relay, Side.CLIENT),
+            backend_close=_fmt_close(relay, Side.BACKEND),
             up_msgs=up.messages,
             up_bytes=up.bytes,
             down_msgs=down.messages,

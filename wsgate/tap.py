@@ -21,6 +21,7 @@ from wsgate._config import (
     apply_settings,
     parse_backend,
     parse_limit,
+    parse_log_format,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
@@ -118,6 +119,12 @@ class Options(usage.Options):
             "The same per client address (the real one behind haproxy: listeners). "
             "Default: 0 (no limit).",
         ],
+        [
+            "log-format",
+            None,
+            None,
+            'Log lines as "text" (twistd\'s) or "json" (one object per event). Default: text.',
+        ],
         *_setting_options(),
     ]
 
@@ -173,6 +180,14 @@ class Options(usage.Options):
                 self["config"] = self._from_command_line()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["config"].log_format == "json" and self.parent is not None:
+            # twistd makes its log observer from its own --logger option,
+            # after the options and before the service.
+            from wsgate import _jsonlog
+
+            self.parent["logger"] = _jsonlog.for_twistd(
+                self.parent.get("logfile"), bool(self.parent.get("nodaemon"))
+            )
         if self["check"]:
             config = self["config"]
             print(
@@ -195,6 +210,7 @@ class Options(usage.Options):
                 "tls-ciphers",
                 "max-connections",
                 "max-connections-per-ip",
+                "log-format",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -290,6 +306,7 @@ class Options(usage.Options):
             max_connections_per_ip=parse_limit(
                 self["max-connections-per-ip"] or 0, "--max-connections-per-ip"
             ),
+            log_format=parse_log_format(self["log-format"] or "text", "--log-format"),
         )
         problems = check(config, "command line")
         if problems:
