@@ -687,6 +687,8 @@ class Config:
     max_connections_per_ip: int = 0
     #: "text" (twistd's lines) or "json" (one object per event); read at start.
     log_format: str = "text"
+    #: Where GET /metrics is served (a Twisted server endpoint); None: nowhere.
+    metrics: str | None = None
 
     def routes_for(self, listener: Listener) -> tuple[Route, ...]:
         if listener.redirect is not None:

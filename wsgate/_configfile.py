@@ -52,6 +52,13 @@ PROCESS_DOC: tuple[tuple[str, str, str], ...] = (
         "0 = no limit. CLI: ``--max-connections-per-ip``.",
     ),
     (
+        "metrics",
+        "(none)",
+        "Twisted server endpoint of a separate listener for Prometheus: ``GET /metrics``, "
+        'e.g. ``"tcp:9100:interface=127.0.0.1"``. Read at start, not on reload. '
+        "CLI: ``--metrics``.",
+    ),
+    (
         "log_format",
         '"text"',
         '``"text"`` (twistd\'s lines) or ``"json"`` (one JSON object per event and line; '
@@ -269,6 +276,7 @@ class _FileReader:
             ("max_connections", parse_limit),
             ("max_connections_per_ip", parse_limit),
             ("log_format", parse_log_format),
+            ("metrics", self._metrics_endpoint),
         ):
             if key in data:
                 try:
@@ -297,6 +305,10 @@ class _FileReader:
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         return config
+
+    @staticmethod
+    def _metrics_endpoint(value: Any, where: str) -> str:
+        return parse_metrics(value, where)
 
     def _settings(self, base: RouteSettings, raw: Mapping[str, Any], table: str) -> RouteSettings:
         values = {k: v for k, v in raw.items() if k in SETTINGS_BY_KEY}
@@ -626,6 +638,18 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
             'e.g. "https://{host}:8443"'
         )
     return errors
+
+
+def parse_metrics(value: Any, where: str) -> str:
+    """The metrics listener's endpoint string, parsed (not bound)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f'{where}: expected an endpoint string, e.g. "tcp:9100:interface=127.0.0.1"'
+        )
+    problem = check_endpoint(value)
+    if problem is not None:
+        raise ConfigError(f"{where}: {value!r}: {problem}")
+    return value
 
 
 def check_endpoint(description: str) -> str | None:

@@ -20,6 +20,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from wsgate._tally import Tally
+
 _log = Logger(namespace="wsgate")
 
 
@@ -47,6 +49,11 @@ class Connections:
         self._per_address: Counter[str] = Counter()
         self._max_total = 0
         self._max_per_address = 0
+        #: Totals of ended connections, for metrics.
+        self.tally = Tally()
+
+    def open_connections(self) -> list[Drainable]:
+        return list(self._open)
 
     def limit(self, config: Any) -> None:
         """Take the limits of ``config`` (a ``Config``; at start and on reload)."""

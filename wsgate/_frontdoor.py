@@ -176,6 +176,7 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         ... with abort=False" warning, which stays for connections that end
         without a closing handshake by accident (a handshake timeout, say)."""
         self.wasClean = True
+        self.factory.connections.tally.handshake_failures[code] += 1
         super().failHandshake(reason, code, responseHeaders)
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:

@@ -41,6 +41,7 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     request_id: str = "-"  # X-Request-Id, set when the backend is opened
     #: What the open log line said, repeated as fields of the close event.
     _opened_fields: dict[str, Any] | None = None
+    _connect_started: float = 0.0
 
     # -- the WebSocket request: open the backend first ----------------------------
 
@@ -87,6 +88,7 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
         query = self._head.target.partition("?")[2]
         path = live.backend_path(self._route_path)
+        self._connect_started = self.factory.clock.seconds()
         connecting = self._connecting = live.open(
             path,
             query,
@@ -105,6 +107,10 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         self, opened: tuple[Any, AnyBackend]
     ) -> tuple[str | None, dict[str, list[str]]]:
         backend, self._chosen = opened
+        if self._live is not None:
+            self.factory.connections.tally.backend_connected(
+                self._live.route.name, self.factory.clock.seconds() - self._connect_started
+            )
         self._binary_only = isinstance(self._chosen, StreamBackend) and not backend.base64
         self._connecting = None
         self._backend = backend
@@ -142,6 +148,13 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             request_id=self.request_id,
             **self._opened_fields,
         )
+        tally = self.factory.connections.tally
+        route = self._opened_fields["route"]
+        tally.opened[route] += 1
+        if self.websocket_extensions_in_use:
+            tally.deflate[(route, "client")] += 1
+        if getattr(backend, "websocket_extensions_in_use", None):
+            tally.deflate[(route, "backend")] += 1
         if self._live is not None and self._chosen is not None:
             if self._live.pool is not None:
                 self._live.pool.opened(self._chosen)
@@ -182,8 +195,36 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             backend.transport.abortConnection()
         super().drop()
 
+    def sample(self) -> tuple[str, dict[tuple[str, str], tuple[int, int, int]]] | None:
+        """(route, ``_tally.Figures``) of an open connection, read at a metrics scrape."""
+        relay, fields = self.relay, self._opened_fields
+        if relay is None or fields is None:
+            return None
+        up, down = relay.stats.upstream, relay.stats.downstream
+        backend = self._backend
+        wire = {
+            ("client", "in"): self.wire_in,
+            ("client", "out"): self.wire_out,
+            # A stream backend's bytes are its messages' bytes.
+            ("backend", "in"): getattr(backend, "wire_in", down.bytes),
+            ("backend", "out"): getattr(backend, "wire_out", up.bytes),
+        }
+        counts = self.factory.connections.tally.figures(
+            (up.messages, up.bytes), (down.messages, down.bytes), wire
+        )
+        return fields["route"], counts
+
     def _finished(self, relay: Relay) -> None:
         self.factory.connections.discard(self)
+        sampled = self.sample()
+        if sampled is not None:
+            route, counts = sampled
+            tally = self.factory.connections.tally
+            tally.add(route, counts)
+            for side in (Side.CLIENT, Side.BACKEND):
+                closed = relay.closed_with(side)
+                if closed is not None and closed[0] is not None:
+                    tally.closes[(route, side.value, closed[0])] += 1
         live, chosen = self._live, self._chosen
         if self._counted and live is not None and live.pool is not None and chosen is not None:
             live.pool.closed(chosen)

@@ -105,6 +105,15 @@ class Gateway(service.MultiService):
         listening.setServiceParent(self)
         return opened
 
+    def backend_states(self) -> dict[str, bool]:
+        """Each backend of every route and whether it is up (not resting), for metrics."""
+        states: dict[str, bool] = {}
+        for pool in self._pools.values():
+            for record in pool.status():
+                name = str(record["backend"])
+                states[name] = states.get(name, False) or record["state"] == "up"
+        return states
+
     # -- reloading --------------------------------------------------------------
 
     def startService(self) -> None:

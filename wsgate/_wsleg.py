@@ -80,6 +80,9 @@ class RelayedLeg:
     _keepalive: Keepalive | None = None
     #: Why wsgate dropped this leg's TCP connection itself, for the log line.
     _dropped_why: str | None = None
+    #: Bytes read from and written to this leg's socket (metrics).
+    wire_in: int = 0
+    wire_out: int = 0
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
@@ -371,12 +374,14 @@ class RelayedLeg:
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
+        self.wire_in += len(data)
         keepalive = self._keepalive
         if keepalive is not None:
             keepalive.heard()
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        self.wire_out += len(data)
         if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:

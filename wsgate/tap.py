@@ -120,6 +120,13 @@ class Options(usage.Options):
             "Default: 0 (no limit).",
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (GET /metrics) on this Twisted endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1. Default: none.",
+        ],
+        [
             "log-format",
             None,
             None,
@@ -211,6 +218,7 @@ class Options(usage.Options):
                 "max-connections",
                 "max-connections-per-ip",
                 "log-format",
+                "metrics",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -226,7 +234,7 @@ class Options(usage.Options):
         return load_file(self["config"])
 
     def _from_command_line(self) -> Config:
-        from wsgate._configfile import check
+        from wsgate._configfile import check, parse_metrics
 
         if not (self["backend"] or self["route"] or self["token-file"] or self["web"]):
             raise ConfigError(
@@ -307,6 +315,7 @@ class Options(usage.Options):
                 self["max-connections-per-ip"] or 0, "--max-connections-per-ip"
             ),
             log_format=parse_log_format(self["log-format"] or "text", "--log-format"),
+            metrics=parse_metrics(self["metrics"], "--metrics") if self["metrics"] else None,
         )
         problems = check(config, "command line")
         if problems:
@@ -317,17 +326,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon, _speedups
-    from wsgate._drain import Connections, DrainingService
-    from wsgate._service import make_service
+    from wsgate import _daemon, _process, _speedups
 
     _daemon.watch()
     # Here, not in Gateway: the shortcuts change process-wide state (Autobahn's
     # module, the reactor's loop), which is the program's to decide; tests and
     # embedders that build a Gateway keep the plain path.
     _speedups.install(reactor)
-    connections = Connections()
-    process: Any = DrainingService(connections, reactor)
-    connections.limit(options["config"])
-    make_service(options["config"], reactor, connections).setServiceParent(process)
-    return process  # type: ignore[no-any-return]
+    return _process.build(options["config"], reactor)
