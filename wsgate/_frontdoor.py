@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
@@ -77,6 +78,10 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
                 return self.failHandshake(str(e), 400)
             return None
         self._routed = True
+        # Behind a haproxy: listener the PROXY header has been read by now;
+        # Autobahn took the peer's address at connect, before it was.
+        if self.transport is not None:
+            self.peer = peer2str(self.transport)
         if end > _MAX_REQUEST_HEAD:
             return self.failHandshake("request headers too large", 431)
         try:
