@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ def test_probe_wsgate_and_the_backend_side_by_side(wsgate: GateFactory, tmp_path
     assert "extension    permessage-deflate: " in text.stdout
     assert "echo         1 MiB binary (1048576 B): intact, " in text.stdout
     assert text.stdout.rstrip().endswith("result       OK")
+    # The probe ends with a complete closing handshake, not a dropped connection.
+    deadline = time.monotonic() + TIMEOUT
+    while len(closes := [x for x in gate.log().splitlines() if "] close " in x]) < 2:
+        assert time.monotonic() < deadline, gate.log()
+        time.sleep(0.05)
+    assert all("client=sent 1000/recv 1000" in line for line in closes), closes
 
 
 def test_probe_a_backend_that_refuses() -> None:

@@ -162,6 +162,7 @@ class _ProbeFactory(WebSocketClientFactory):  # type: ignore[misc]
         self.done: defer.Deferred[None] = defer.Deferred()
         self._proto: _Probe | None = None
         self._timer: Any = None
+        self._finished = False
 
     # -- handshake ------------------------------------------------------------
 
@@ -238,17 +239,24 @@ class _ProbeFactory(WebSocketClientFactory):  # type: ignore[misc]
     # -- the end -------------------------------------------------------------------
 
     def _finish(self, ok: bool) -> None:
-        if self.done.called:
+        """The verdict is in: close with 1000 and end once the server
+        answered the close (Autobahn's close timeout bounds the wait)."""
+        if self.done.called or self._finished:
             return
+        self._finished = True
         self._report.ok = ok and self._report.error is None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self._proto is not None and self._proto.state == self._proto.STATE_OPEN:
             self._proto.sendClose(1000)
-        self.done.callback(None)
+        else:
+            self.done.callback(None)
 
     def closed(self, code: int | None, reason: str | None) -> None:
         if self.done.called:
+            return
+        if self._finished:
+            self.done.callback(None)
             return
         report = self._report
         if report.error is None:
