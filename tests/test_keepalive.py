@@ -8,13 +8,20 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from peers import TIMEOUT, backend, client
 from rawws import raw_handshake
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from websockets.exceptions import ConnectionClosed
 
+from wsgate._closecodes import Cause, Close, Side
+from wsgate._config import RouteSettings
 from wsgate._keepalive import Keepalive
+from wsgate._relay import Relay
+from wsgate._wsleg import RelayedLeg, leg_options
 from wsgate.testing import GateFactory, Wsgate, free_port
 
 PEER = str(Path(__file__).with_name("faultpeer.py"))
@@ -218,3 +225,70 @@ def test_peers_that_answer_stay_connected(wsgate: GateFactory) -> None:
             return answer
 
     assert asyncio.run(main()) == b"still here"
+
+
+# -- a real leg, in memory ------------------------------------------------------
+
+
+def _open_leg() -> tuple[Any, StringTransport, FakeBackend, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.setProtocolOptions(**leg_options(RouteSettings()))
+    factory.protocol = _ServerLeg
+    leg = factory.buildProtocol(None)
+    transport = StringTransport()
+    leg.makeConnection(transport)
+    leg.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    backend = FakeBackend()
+    leg.relay = Relay(leg, backend, reactor)
+    leg.relay.start()
+    leg.keep_alive(reactor, 2, 3)
+    return leg, transport, backend, reactor
+
+
+class _ServerLeg(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    side = Side.CLIENT
+
+
+class FakeBackend:
+    side = Side.BACKEND
+
+    def __init__(self) -> None:
+        self.closes: list[Close] = []
+
+    def send_close(self, close: Close) -> None:
+        self.closes.append(close)
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+PING = b"\x89\x06wsgate"
+PONG = b"\x8a\x86\x00\x00\x00\x00wsgate"  # masked with zeros
+
+
+def test_a_leg_pings_its_quiet_peer_and_a_pong_keeps_it() -> None:
+    leg, transport, backend, reactor = _open_leg()
+    reactor.advance(1.9)
+    assert transport.value() == b""
+    reactor.advance(0.1)
+    assert transport.value() == PING
+    reactor.advance(1)
+    leg.dataReceived(PONG)
+    reactor.advance(2)  # the answered ping's deadline passes
+    assert not transport.disconnecting and backend.closes == []
+
+
+def test_a_leg_whose_peer_does_not_answer_is_dropped_and_the_backend_gets_1001() -> None:
+    leg, transport, backend, reactor = _open_leg()
+    reactor.advance(2)
+    assert transport.value() == PING
+    reactor.advance(3)
+    assert transport.disconnecting  # aborted: StringTransport.abortConnection
+    assert backend.closes == [Close(1001, "client went away")]
+    assert leg.relay.first_close == (Side.CLIENT, Cause.DROPPED, None, "no pong within 3 s")
