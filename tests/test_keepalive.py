@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from peers import TIMEOUT, backend, client
 from rawws import raw_handshake
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.usage import UsageError
 from websockets.exceptions import ConnectionClosed
 
 from wsgate._closecodes import Cause, Close, Side
@@ -292,3 +294,13 @@ def test_a_leg_whose_peer_does_not_answer_is_dropped_and_the_backend_gets_1001()
     assert transport.disconnecting  # aborted: StringTransport.abortConnection
     assert backend.closes == [Close(1001, "client went away")]
     assert leg.relay.first_close == (Side.CLIENT, Cause.DROPPED, None, "no pong within 3 s")
+
+
+def test_bad_ping_settings_name_the_option() -> None:
+    from wsgate.tap import Options
+
+    for option in ("--ping-interval", "--ping-timeout", "--drain-timeout"):
+        options = Options()
+        with pytest.raises(UsageError) as e:
+            options.parseOptions(["--backend", "ws://127.0.0.1:9", option, "-1"])
+        assert f"{option}: '-1' must be 0 (off) or a positive number of seconds" in str(e.value)

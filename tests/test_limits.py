@@ -160,3 +160,35 @@ def test_max_connections_for_the_whole_process(wsgate: GateFactory) -> None:
             assert len(state.seen) == 2
 
     asyncio.run(main())
+
+
+def test_a_reload_applies_new_limits(wsgate: GateFactory, tmp_path: Path) -> None:
+    port, backend_port = free_port(), free_port()
+    config = tmp_path / "wsgate.toml"
+
+    def write(limit: int) -> None:
+        config.write_text(
+            f"max_connections = {limit}\n"
+            f'[[listener]]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n'
+            f'[[route]]\nbackend = "ws://127.0.0.1:{backend_port}"\n'
+        )
+
+    write(1)
+    gate = wsgate("--config", str(config), wait_port=port)
+    url = f"ws://127.0.0.1:{port}/"
+
+    async def main() -> None:
+        async with backend(backend_port), client(url):
+            with pytest.raises(InvalidStatus):
+                async with client(url):
+                    pass
+            write(2)
+            gate.reload()
+            async with asyncio.timeout(TIMEOUT):
+                while "applied" not in gate.log():
+                    await asyncio.sleep(0.05)
+            async with client(url) as second:
+                await second.send("two")
+                assert await second.recv() == "two"
+
+    asyncio.run(main())
