@@ -136,7 +136,7 @@ def test_probe_tls_checks_the_certificate(wsgate: GateFactory, tls_files: TlsFil
             ]
 
     untrusted, trusted, insecure = asyncio.run(main())
-    assert untrusted.returncode == 1 and "error        " in untrusted.stdout
+    assert untrusted.returncode == 1 and "certificate verify failed" in untrusted.stdout
     assert "Traceback" not in untrusted.stdout + untrusted.stderr
     assert trusted.returncode == 0, trusted.stdout
     assert insecure.returncode == 0, insecure.stdout
