@@ -311,3 +311,15 @@ def test_the_surviving_leg_reads_until_its_peers_close_then_sends_a_fin() -> Non
     assert relay.finished and not reactor.getDelayedCalls()
     assert relay.sent_on(Side.CLIENT) == 1011 and relay.closed_with(Side.CLIENT) == (1011, "")
     assert relay.sent_on(Side.BACKEND) is None
+
+
+def test_go_away_closes_both_legs_with_1001_once() -> None:
+    client, backend, relay, _, _ = _pair()
+    assert not relay.go_away()  # not running yet: nothing to close gracefully
+    relay.start()
+    assert relay.go_away()
+    away = Close(1001, "going away")
+    assert client.sent[-1] == ("close", away) and backend.sent[-1] == ("close", away)
+    assert client.reading and backend.reading
+    assert relay.first_close == (Side.CLIENT, Cause.DRAINING, None, "going away")
+    assert not relay.go_away()

@@ -100,3 +100,27 @@ def test_no_delay_on_tls_listener_and_stream_backend(
             assert_no_delay_everywhere(gate, expected=2)
 
     asyncio.run(main())
+
+
+def test_keepalive_on_the_stream_backend_socket(wsgate: GateFactory) -> None:
+    """A stream backend has no pings: its socket gets SO_KEEPALIVE."""
+    backend_port = free_port()
+    gate = wsgate("--backend", f"tcp:127.0.0.1:{backend_port}")
+    assert gate.proc is not None
+    pid = gate.proc.pid
+
+    async def main() -> None:
+        async with tcp_server(backend_port), client(gate.url + "/vnc") as ws:
+            await ws.send(b"RFB")
+            async with asyncio.timeout(TIMEOUT):
+                assert await ws.recv() == b"RFB"
+            sockets = connected_tcp_sockets(pid)
+            try:
+                to_backend = [s for s in sockets if s.getpeername()[1] == backend_port]
+                assert len(to_backend) == 1
+                assert to_backend[0].getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            finally:
+                for sock in sockets:
+                    sock.close()
+
+    asyncio.run(main())

@@ -41,6 +41,8 @@ class Cause(enum.Enum):
     DROPPED = "dropped"
     #: wsgate closed both legs: nothing crossed for the route's idle_timeout.
     IDLE = "idle"
+    #: wsgate closed both legs: the process is draining (SIGTERM).
+    DRAINING = "draining"
 
 
 class Side(enum.Enum):

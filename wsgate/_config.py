@@ -217,6 +217,25 @@ def parse_bool(value: Any, where: str) -> bool:
     raise ConfigError(f"{where}: expected true or false, not {value!r}")
 
 
+def parse_limit(value: Any, where: str) -> int:
+    """A connection limit: a whole number, 0 for none."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: expected a whole number (0 = no limit)")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a whole number (0 = no limit)") from None
+    if number < 0:
+        raise ConfigError(f"{where}: {value!r} must be 0 (no limit) or more")
+    return number
+
+
+def parse_log_format(value: Any, where: str) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f'{where}: {value!r} is not a log format; valid: "text", "json"')
+    return str(value)
+
+
 def parse_count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigError(f"{where}: expected a whole number of at least 1")
@@ -449,7 +468,10 @@ class RouteSettings:
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     idle_timeout: float = 0.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     close_timeout: float = 5.0
+    drain_timeout: float = 30.0
     origins: tuple[str, ...] = ("*",)
     subprotocols: tuple[str, ...] | None = None
     add_headers: tuple[tuple[str, str], ...] = ()
@@ -539,10 +561,37 @@ SETTINGS: tuple[Setting, ...] = (
         example="3600",
     ),
     Setting(
+        "ping_interval",
+        parse_seconds_or_zero,
+        "20",
+        "Seconds without a frame from a peer after which wsgate pings it, on each "
+        "WebSocket leg on its own (keeps quiet connections alive through proxies' "
+        "idle timeouts); 0 = never ping.",
+        cli=True,
+        example="30",
+    ),
+    Setting(
+        "ping_timeout",
+        parse_seconds_or_zero,
+        "20",
+        "Seconds a peer has to answer wsgate's ping; a silent peer's connection is "
+        "dropped and the other leg gets 1011 (backend gone) or 1001 (client gone). "
+        "0 = ping but never give up.",
+        cli=True,
+    ),
+    Setting(
         "close_timeout",
         parse_seconds,
         "5",
         "Seconds a closing handshake may take before the TCP connection is dropped.",
+        cli=True,
+    ),
+    Setting(
+        "drain_timeout",
+        parse_seconds_or_zero,
+        "30",
+        "On SIGTERM (SIGINT under twistd -n), seconds an open connection has to close "
+        "after its 1001 before it is dropped; wsgate exits when none is left.",
         cli=True,
     ),
     Setting(
@@ -727,6 +776,14 @@ class Config:
     listeners: tuple[Listener, ...]
     routes: tuple[Route, ...]
     source: str | None = None  # the TOML file, for reloads
+    #: WebSocket connections open at once, whole process / per client
+    #: address (after PROXY protocol); 0 = no limit.
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    #: "text" (twistd's lines) or "json" (one object per event); read at start.
+    log_format: str = "text"
+    #: Where GET /metrics is served (a Twisted server endpoint); None: nowhere.
+    metrics: str | None = None
 
     def routes_for(self, listener: Listener) -> tuple[Route, ...]:
         if listener.redirect is not None:

@@ -30,13 +30,45 @@ from wsgate._config import (
     parse_auth,
     parse_backend,
     parse_bool,
+    parse_limit,
+    parse_log_format,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
     parse_tokens,
 )
 
-_TOP_KEYS = ("defaults", "listener", "route")
+#: Top-level keys that are not tables: they apply to the whole process.
+PROCESS_DOC: tuple[tuple[str, str, str], ...] = (
+    (
+        "max_connections",
+        "0",
+        "WebSocket connections open at once in the whole process; one more gets 503 "
+        "with Retry-After before any backend is contacted. 0 = no limit. "
+        "CLI: ``--max-connections``.",
+    ),
+    (
+        "max_connections_per_ip",
+        "0",
+        "The same, per client address (the real one behind ``haproxy:`` listeners). "
+        "0 = no limit. CLI: ``--max-connections-per-ip``.",
+    ),
+    (
+        "metrics",
+        "(none)",
+        "Twisted server endpoint of a separate listener for Prometheus: ``GET /metrics``, "
+        'e.g. ``"tcp:9100:interface=127.0.0.1"``. Read at start, not on reload. '
+        "CLI: ``--metrics``.",
+    ),
+    (
+        "log_format",
+        '"text"',
+        '``"text"`` (twistd\'s lines) or ``"json"`` (one JSON object per event and line; '
+        "the connection open and close events carry their figures as fields). Read at "
+        "start, not on reload. CLI: ``--log-format``.",
+    ),
+)
+_TOP_KEYS = ("defaults", "listener", "route", *(key for key, _, _ in PROCESS_DOC))
 _LISTENER_KEYS = (
     "endpoint",
     "name",
@@ -259,10 +291,23 @@ class _FileReader:
             self.errors.append(
                 f'{self._path}: no [[listener]]: add one, e.g. [[listener]] endpoint = "tcp:8080"'
             )
+        limits: dict[str, Any] = {}
+        for key, parse in (
+            ("max_connections", parse_limit),
+            ("max_connections_per_ip", parse_limit),
+            ("log_format", parse_log_format),
+            ("metrics", self._metrics_endpoint),
+        ):
+            if key in data:
+                try:
+                    limits[key] = parse(data[key], self._at("top level", key))
+                except ConfigError as e:
+                    self.errors.append(str(e))
         config = Config(
             listeners=tuple(x for x in listeners if x is not None),
             routes=tuple(r for r in routes if r is not None),
             source=self._path,
+            **limits,
         )
         if not self.errors:
             self.errors.extend(check(config, self._path))
@@ -280,6 +325,10 @@ class _FileReader:
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         return config
+
+    @staticmethod
+    def _metrics_endpoint(value: Any, where: str) -> str:
+        return parse_metrics(value, where)
 
     def _settings(self, base: RouteSettings, raw: Mapping[str, Any], table: str) -> RouteSettings:
         values = {k: v for k, v in raw.items() if k in SETTINGS_BY_KEY}
@@ -633,6 +682,18 @@ def _check_listener(listener: Listener, where: str) -> list[str]:
     return errors
 
 
+def parse_metrics(value: Any, where: str) -> str:
+    """The metrics listener's endpoint string, parsed (not bound)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f'{where}: expected an endpoint string, e.g. "tcp:9100:interface=127.0.0.1"'
+        )
+    problem = check_endpoint(value)
+    if problem is not None:
+        raise ConfigError(f"{where}: {value!r}: {problem}")
+    return value
+
+
 def check_endpoint(description: str) -> str | None:
     """Parse an endpoint string without binding it: None, or what is wrong."""
     from twisted.internet import endpoints
@@ -678,6 +739,7 @@ def reference_rst() -> str:
             lines.extend([f"   * - ``{key}``", f"     - {_literal(default)}", f"     - {doc}"])
         lines.append("")
 
+    table("Top level (the whole process)", PROCESS_DOC)
     table("``[[listener]]`` (one or more)", LISTENER_DOC)
     table("``[[route]]`` (any number)", ROUTE_DOC)
     settings: list[tuple[str, str, str]] = []

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
@@ -22,9 +23,9 @@ from zope.interface import implementer
 
 from wsgate import _answers, _httphead, _web
 from wsgate._admission import Refused, Request, forward_user
-from wsgate._config import AnyBackend
 from wsgate._connect import BackendError
-from wsgate._liveroutes import ListenerRoutes, LiveRoute
+from wsgate._drain import Connections
+from wsgate._liveroutes import AnyBackend, ListenerRoutes, LiveRoute
 from wsgate._routing import normalize_host, normalize_path
 
 _log = Logger(namespace="wsgate")
@@ -34,6 +35,9 @@ _MAX_REQUEST_HEAD = 64 * 1024
 #: Retry-After of a 503 for a local shortage (out of file descriptors): soon
 #: enough for a browser's reconnect, long enough for connections to close.
 _RETRY_AFTER = 2
+#: Seconds a connection accepted before a drain has to send its request head:
+#: it gets an answer (a health check: 503 "draining") rather than a reset.
+_DRAIN_GRACE = 1.0
 
 
 class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
@@ -57,6 +61,7 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.factory.connections.add(self)
         # The listener's request-head deadline, on our clock: Autobahn's own
         # timer rounds down to whole seconds (0.5 s fires at once, 2 s after 1).
         self._restart_handshake_timer(self.factory.routes.listener.request_timeout)
@@ -76,6 +81,10 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
                 return self.failHandshake(str(e), 400)
             return None
         self._routed = True
+        # Behind a haproxy: listener the PROXY header has been read by now;
+        # Autobahn took the peer's address at connect, before it was.
+        if self.transport is not None:
+            self.peer = peer2str(self.transport)
         if end > _MAX_REQUEST_HEAD:
             return self.failHandshake("request headers too large", 431)
         try:
@@ -88,7 +97,12 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         headers = self._head.headers()
         host = normalize_host(headers.get("host"))
         if listener.health is not None and parts.path == listener.health:
+            if self.factory.connections.draining:
+                return self._respond(503, b'{"status": "draining"}\n', "application/json")
             return self._respond(*routes.health(), "application/json")
+        if self.factory.connections.draining:
+            self._retry_after = _RETRY_AFTER
+            return self.failHandshake("draining: this instance is shutting down", 503)
         if listener.redirect is not None:
             return self._redirect(listener.redirect, host, parts)
         if listener.web is not None and not _web.is_upgrade(headers):
@@ -97,6 +111,12 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         if live is None:
             where = (host or "") + parts.path
             return self.failHandshake(f"no route for {where}", 404)
+        transport: Any = self.transport
+        peer = transport.getPeer()  # behind haproxy:, the address PROXY sent
+        over = self.factory.connections.admit(self, str(getattr(peer, "host", peer)))
+        if over is not None:
+            self._retry_after = _RETRY_AFTER
+            return self.failHandshake(over, 503)
         self._live = live
         settings = live.route.settings
         self.maxMessagePayloadSize = settings.autobahn_message_limit
@@ -126,6 +146,7 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
             call.cancel()
             self.openHandshakeTimeoutCall = None
         self.state = self.STATE_CLOSED  # this protocol is done with the connection
+        self.factory.connections.discard(self)  # twisted.web's now
         data, self.data = self.data, b""
         _web.hand_over(self.transport, self.factory.web_site(), data)
 
@@ -163,6 +184,7 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         ... with abort=False" warning, which stays for connections that end
         without a closing handshake by accident (a handshake timeout, say)."""
         self.wasClean = True
+        self.factory.connections.tally.handshake_failures[code] += 1
         super().failHandshake(reason, code, responseHeaders)
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
@@ -229,6 +251,9 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         exc = failure.value
         if isinstance(exc, Refused):
             self._refusal_headers = tuple(exc.headers.items())
+            live = self._live
+            route = live.route.name if live is not None else "-"
+            self.factory.connections.tally.auth_failures[(route, exc.plugin, exc.status)] += 1
             _log.warn(
                 "{peer} {path}: refused by {plugin}: {status} {reason}{detail}",
                 peer=self.peer,
@@ -257,6 +282,27 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
     def _path(self) -> str:
         return getattr(self, "http_request_uri", "?")
 
+    # -- drain ---------------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        if self._ended():
+            self.factory.connections.discard(self)
+
+    def _ended(self) -> bool:
+        """Whether the connection is over once its client's TCP connection is."""
+        return True
+
+    def go_away(self) -> float | None:
+        """The process is draining: a request head still to come gets a
+        moment to arrive and be answered; an upgrade whose backend is being
+        opened is dropped."""
+        return None if self._routed else _DRAIN_GRACE
+
+    def drop(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
 
 @implementer(IProtocolNegotiationFactory)
 class DoorFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -267,6 +313,8 @@ class DoorFactory(WebSocketServerFactory):  # type: ignore[misc]
         #: Replaced whole by a reload; each connection reads it once, when routed.
         self.routes = routes
         self.clock = reactor
+        #: Every client connection of the process (the service shares one).
+        self.connections = Connections()
         self._site: tuple[tuple[Any, ...], Any] | None = None
 
     @property

@@ -8,6 +8,7 @@ early is lost, reordered, or buffered without bound.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -37,6 +38,10 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     _request: ConnectionRequest | None = None
     _chosen: AnyBackend | None = None
     _counted: bool = False  # in its backend's active count
+    request_id: str = "-"  # X-Request-Id, set when the backend is opened
+    #: What the open log line said, repeated as fields of the close event.
+    _opened_fields: dict[str, Any] | None = None
+    _connect_started: float = 0.0
 
     # -- the WebSocket request: open the backend first ----------------------------
 
@@ -75,6 +80,9 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             ),
         )
         headers = _headers.backend_headers(client)
+        # The connection's id: the client's (or an earlier proxy's) if it sent
+        # one, for its log lines and the backend's.
+        self.request_id = headers.setdefault("x-request-id", os.urandom(8).hex())
         for name in settings.remove_headers:
             headers.pop(name, None)
         headers.update((name, _headers.as_latin1(value)) for name, value in settings.add_headers)
@@ -91,6 +99,7 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
                 origin=origin,
                 useragent=request_headers.get("user-agent"),
             )
+            self._connect_started = self.factory.clock.seconds()
             return live.open(backend_request, client, self._retrying)
 
         connecting = self._connecting = self._admit_then(headers, open_leg)
@@ -103,6 +112,10 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         self, opened: tuple[Any, AnyBackend]
     ) -> tuple[str | None, dict[str, list[str]]]:
         backend, self._chosen = opened
+        if self._live is not None:
+            self.factory.connections.tally.backend_connected(
+                self._live.route.name, self.factory.clock.seconds() - self._connect_started
+            )
         self._binary_only = isinstance(self._chosen, StreamBackend) and not backend.base64
         self._connecting = None
         self._backend = backend
@@ -124,24 +137,43 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     def onOpen(self) -> None:
         backend = self._backend
         assert backend is not None and self.relay is not None
+        self._opened_fields = {
+            "user": (self._identity.name if self._identity is not None else "") or "-",
+            "route": self._live.route.name if self._live else "-",
+            "backend": self._chosen.url if self._chosen else "-",
+            "subprotocol": self.websocket_protocol_in_use,
+            "client_ext": _deflate.describe_in_use(self.websocket_extensions_in_use),
+            "backend_ext": _deflate.describe_in_use(backend.websocket_extensions_in_use),
+        }
         _log.info(
             "open {peer} {path} -> {backend} user={user} subprotocol={subprotocol} "
-            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route}",
+            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route} id={request_id}",
+            event="open",
             peer=self.peer,
             path=self._path(),
-            route=self._live.route.name if self._live else "-",
-            backend=self._chosen.url if self._chosen else "-",
-            user=(self._identity.name if self._identity is not None else "") or "-",
-            subprotocol=self.websocket_protocol_in_use,
-            client_ext=_deflate.describe_in_use(self.websocket_extensions_in_use),
-            backend_ext=_deflate.describe_in_use(backend.websocket_extensions_in_use),
+            request_id=self.request_id,
+            **self._opened_fields,
         )
+        tally = self.factory.connections.tally
+        route = self._opened_fields["route"]
+        tally.opened[route] += 1
+        if self.websocket_extensions_in_use:
+            tally.deflate[(route, "client")] += 1
+        if getattr(backend, "websocket_extensions_in_use", None):
+            tally.deflate[(route, "backend")] += 1
         if self._live is not None and self._chosen is not None:
             if self._live.pool is not None:
                 self._live.pool.opened(self._chosen)
             self._counted = True
             self.relay.idle_timeout(self._live.route.settings.idle_timeout)
         self.relay.start()
+        if self._live is not None:
+            settings = self._live.route.settings
+            for leg in (self, backend):
+                if isinstance(leg, RelayedLeg):
+                    leg.keep_alive(
+                        self.factory.clock, settings.ping_interval, settings.ping_timeout
+                    )
         self.shed_handshake()
         if isinstance(backend, RelayedLeg):
             backend.shed_handshake()
@@ -153,21 +185,77 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             self._backend.dropConnection(abort=True)
         super().onClose(wasClean, code, reason)
 
+    def _ended(self) -> bool:
+        return self.relay is None or self.relay.finished
+
+    def go_away(self) -> float | None:
+        if self.relay is None or self._live is None:
+            return super().go_away()  # not a WebSocket yet
+        if not self.relay.go_away():
+            return None
+        return self._live.route.settings.drain_timeout
+
+    def drop(self) -> None:
+        backend = self._backend
+        if backend is not None and backend.transport is not None:
+            backend.transport.abortConnection()
+        super().drop()
+
+    def sample(self) -> tuple[str, dict[tuple[str, str], tuple[int, int, int]]] | None:
+        """(route, ``_tally.Figures``) of an open connection, read at a metrics scrape."""
+        relay, fields = self.relay, self._opened_fields
+        if relay is None or fields is None:
+            return None
+        up, down = relay.stats.upstream, relay.stats.downstream
+        backend = self._backend
+        wire = {
+            ("client", "in"): self.wire_in,
+            ("client", "out"): self.wire_out,
+            # A stream backend's bytes are its messages' bytes.
+            ("backend", "in"): getattr(backend, "wire_in", down.bytes),
+            ("backend", "out"): getattr(backend, "wire_out", up.bytes),
+        }
+        counts = self.factory.connections.tally.figures(
+            (up.messages, up.bytes), (down.messages, down.bytes), wire
+        )
+        return fields["route"], counts
+
     def _finished(self, relay: Relay) -> None:
+        self.factory.connections.discard(self)
+        sampled = self.sample()
+        if sampled is not None:
+            route, counts = sampled
+            tally = self.factory.connections.tally
+            tally.add(route, counts)
+            for side in (Side.CLIENT, Side.BACKEND):
+                closed = relay.closed_with(side)
+                if closed is not None and closed[0] is not None:
+                    tally.closes[(route, side.value, closed[0])] += 1
         live, chosen = self._live, self._chosen
         if self._counted and live is not None and live.pool is not None and chosen is not None:
             live.pool.closed(chosen)
         first = relay.first_close
         up, down = relay.stats.upstream, relay.stats.downstream
+        client_close, backend_close = (
+            relay.closed_with(Side.CLIENT),
+            relay.closed_with(Side.BACKEND),
+        )
         _log.info(
-            "close {peer} {path}: first={first} client={client} backend={backend} "
+            "close {peer} {path}: first={first} client={client_close} backend={backend_close} "
             "up={up_msgs} msgs/{up_bytes} B down={down_msgs} msgs/{down_bytes} B "
-            "in {duration:.3f} s",
+            "in {duration:.3f} s id={request_id}",
+            event="close",
+            request_id=self.request_id,
+            client_close_sent=relay.sent_on(Side.CLIENT),
+            client_close_received=client_close[0] if client_close else None,
+            backend_close_sent=relay.sent_on(Side.BACKEND),
+            backend_close_received=backend_close[0] if backend_close else None,
+            **(self._opened_fields or {}),
             peer=self.peer,
             path=self._path(),
             first=f"{first[0].value} {first[1].value}" if first else "none",
-            client=_fmt_close(relay, Side.CLIENT),
-            backend=_fmt_close(relay, Side.BACKEND),
+            client_close=_fmt_close(relay, Side.CLIENT),
+            backend_close=_fmt_close(relay, Side.BACKEND),
             up_msgs=up.messages,
             up_bytes=up.bytes,
             down_msgs=down.messages,

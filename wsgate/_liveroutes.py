@@ -187,6 +187,7 @@ def build(
 
 
 __all__ = [
+    "AnyBackend",
     "BackendRequest",
     "Connector",
     "ListenerRoutes",

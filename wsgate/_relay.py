@@ -250,8 +250,18 @@ class Relay:
         if idle_for < self._idle_timeout:
             self._idle_call = self._clock.callLater(self._idle_timeout - idle_for, self._check_idle)
             return
-        reason = f"idle for {self._idle_timeout:g} s"
-        self._first_close = (Side.CLIENT, _Ending(Cause.IDLE, None, reason))
+        self._close_both(Cause.IDLE, f"idle for {self._idle_timeout:g} s")
+
+    def go_away(self) -> bool:
+        """Close both legs with 1001 "going away" (the process is draining).
+        False if the connection is not running (yet, or any more)."""
+        if not self._started or self._first_close is not None or self.finished:
+            return False
+        self._close_both(Cause.DRAINING, "going away")
+        return True
+
+    def _close_both(self, cause: Cause, reason: str) -> None:
+        self._first_close = (Side.CLIENT, _Ending(cause, None, reason))
         for leg in self._legs.values():
             leg.unregister_producer()
             leg.resume_reading()

@@ -32,9 +32,10 @@ from wsgate._tls import restrict_ciphers
 _log = Logger(namespace="wsgate")
 
 
-def make_service(config: Config, reactor: Any) -> Gateway:
-    """Build, but do not start, the listeners for ``config``."""
-    return Gateway(config, reactor)
+def make_service(config: Config, reactor: Any, connections: Any = None) -> Gateway:
+    """Build, but do not start, the listeners for ``config``; their client
+    connections are tracked in ``connections`` (a ``_drain.Connections``)."""
+    return Gateway(config, reactor, connections)
 
 
 @dataclass(slots=True)
@@ -52,9 +53,10 @@ class _Open:
 class Gateway(service.MultiService):
     """Every listener of one configuration, and SIGHUP reloads of it."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, connections: Any = None) -> None:
         super().__init__()
         self._reactor = reactor
+        self._connections = connections
         self.config = config
         self._pools: Pools = {}
         self._open: dict[str, _Open] = {}
@@ -76,6 +78,8 @@ class Gateway(service.MultiService):
     ) -> tuple[FrontendFactory, _SwappableCreator | None, Any]:
         """The frontend of a listener, and the factory its socket should use."""
         factory = FrontendFactory(routes, self._reactor)
+        if self._connections is not None:
+            factory.connections = self._connections
         if not listener.certificates:
             return factory, None, factory
         from wsgate._sni import tls_factory
@@ -102,6 +106,15 @@ class Gateway(service.MultiService):
         self._open[listener.endpoint] = opened
         listening.setServiceParent(self)
         return opened
+
+    def backend_states(self) -> dict[str, bool]:
+        """Each backend of every route and whether it is up (not resting), for metrics."""
+        states: dict[str, bool] = {}
+        for pool in self._pools.values():
+            for record in pool.status():
+                name = str(record["backend"])
+                states[name] = states.get(name, False) or record["state"] == "up"
+        return states
 
     # -- reloading --------------------------------------------------------------
 
@@ -193,6 +206,8 @@ class Gateway(service.MultiService):
                 closing.append(defer.maybeDeferred(opened.service.disownServiceParent))
         self._pools = pools
         self.config = config
+        if self._connections is not None:
+            self._connections.limit(config)
         for listener, routes in built.items():
             running = self._open.get(listener.endpoint)
             if running is None:

@@ -23,4 +23,15 @@ def no_delay(transport: Any) -> None:
         set_no_delay(True)
 
 
-__all__ = ["no_delay"]
+def keep_alive(transport: Any) -> None:
+    """Turn TCP keepalive on: a stream backend has no WebSocket pings, so a
+    peer that vanished without a FIN is noticed by the kernel's probes (and
+    the route's idle_timeout)."""
+    set_keep_alive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keep_alive is None:
+        return
+    with contextlib.suppress(OSError):
+        set_keep_alive(True)
+
+
+__all__ = ["keep_alive", "no_delay"]

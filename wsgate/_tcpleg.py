@@ -79,6 +79,7 @@ class StreamLeg(TransportLeg, protocol.Protocol):
 
     def connectionMade(self) -> None:
         _sockets.no_delay(self.transport)
+        _sockets.keep_alive(self.transport)
         # Servers (VNC) speak first: hold it until the client's leg is open.
         self.transport.pauseProducing()
         self.opened.callback(self)

@@ -24,10 +24,15 @@ from wsgate._closecodes import (
     Side,
     truncate_reason,
 )
+from wsgate._keepalive import Keepalive
 from wsgate._relay import TransportLeg
 
 if TYPE_CHECKING:
     from wsgate._config import RouteSettings
+    from wsgate._relay import Clock
+
+#: The payload of wsgate's own keepalive pings.
+_PING_PAYLOAD = b"wsgate"
 
 #: What only the opening handshake reads: the request and response heads,
 #: their parsed headers, the offers. About 2 KiB per open connection.
@@ -67,6 +72,13 @@ class RelayedLeg(TransportLeg):
     #: the frames its peer still sent in the same read, and Autobahn's size
     #: accounting must not crash on them (wstest 5.x, fragmentation errors).
     message_data_total_length: int = 0
+    #: Pings this leg's peer when it is quiet (``keep_alive``); None: off.
+    _keepalive: Keepalive | None = None
+    #: Why wsgate dropped this leg's TCP connection itself, for the log line.
+    _dropped_why: str | None = None
+    #: Bytes read from and written to this leg's socket (metrics).
+    wire_in: int = 0
+    wire_out: int = 0
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
@@ -89,6 +101,36 @@ class RelayedLeg(TransportLeg):
         attributes = self.__dict__
         for name in _HANDSHAKE_ONLY:
             attributes.pop(name, None)
+
+    # -- keepalive -------------------------------------------------------------
+
+    def keep_alive(self, clock: Clock, interval: float, timeout: float) -> None:
+        """Ping this leg's peer after ``interval`` quiet seconds; drop it when
+        no frame comes back within ``timeout`` (0 interval: never ping)."""
+        if interval > 0 and self.state == _OPEN and self._keepalive is None:
+            self._keepalive = Keepalive(
+                clock,
+                interval,
+                timeout,
+                self._keepalive_ping,
+                lambda: self._peer_unresponsive(timeout),
+            )
+
+    def _keepalive_ping(self) -> bool:
+        if self.state != _OPEN or self._held is not None:
+            return False  # closing: the close timeout watches the peer now
+        self.sendPing(_PING_PAYLOAD)  # type: ignore[attr-defined]
+        return True
+
+    def _peer_unresponsive(self, timeout: float) -> None:
+        """A ping went unanswered: the peer is gone. The other leg is told
+        first (1011 to the client for a dead backend, 1001 to the backend for
+        a dead client), then this TCP connection is dropped."""
+        if self.state != _OPEN:
+            return
+        self._dropped_why = f"no pong within {timeout:g} s"
+        self._tell_ending(Cause.DROPPED, None, self._dropped_why)
+        self.transport.abortConnection()
 
     # -- incoming: stream every piece to the relay ---------------------------
 
@@ -183,6 +225,16 @@ class RelayedLeg(TransportLeg):
 
     def _may_read(self) -> bool:
         return self.state != _CLOSED
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        if self._keepalive is not None:
+            self._keepalive.pause()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        if self._keepalive is not None:
+            self._keepalive.resume()
 
     # -- endings ---------------------------------------------------------------
 
@@ -280,6 +332,8 @@ class RelayedLeg(TransportLeg):
             )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
         deadline, self._fin_deadline = self._fin_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
@@ -287,7 +341,7 @@ class RelayedLeg(TransportLeg):
             self._ending_told = True
             received = self._received_code
             if received is None:
-                received, why = ABNORMAL, reason or ""
+                received, why = ABNORMAL, self._dropped_why or reason or ""
             else:
                 why = self.remoteCloseReason or ""
             self.relay.leg_closed(self.side, received, why, sent=self._sent_code)
@@ -296,9 +350,14 @@ class RelayedLeg(TransportLeg):
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
+        self.wire_in += len(data)
+        keepalive = self._keepalive
+        if keepalive is not None:
+            keepalive.heard()
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        self.wire_out += len(data)
         if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:

@@ -20,6 +20,8 @@ from wsgate._config import (
     RouteSettings,
     apply_settings,
     parse_backend,
+    parse_limit,
+    parse_log_format,
     parse_networks,
     parse_seconds,
     parse_tls_ciphers,
@@ -111,6 +113,33 @@ class Options(usage.Options):
             "TLS 1.2 cipher suites of ssl: listeners (an OpenSSL cipher string). "
             "Default: Mozilla's intermediate profile (no CBC or SHA-1 suites).",
         ],
+        [
+            "max-connections",
+            None,
+            None,
+            "WebSocket connections open at once in the whole process; more get 503 "
+            "with Retry-After. Default: 0 (no limit).",
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            None,
+            "The same per client address (the real one behind haproxy: listeners). "
+            "Default: 0 (no limit).",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (GET /metrics) on this Twisted endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1. Default: none.",
+        ],
+        [
+            "log-format",
+            None,
+            None,
+            'Log lines as "text" (twistd\'s) or "json" (one object per event). Default: text.',
+        ],
         *_setting_options(),
     ]
 
@@ -176,6 +205,14 @@ class Options(usage.Options):
                 self["config"] = self._from_command_line()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["config"].log_format == "json" and self.parent is not None:
+            # twistd makes its log observer from its own --logger option,
+            # after the options and before the service.
+            from wsgate import _jsonlog
+
+            self.parent["logger"] = _jsonlog.for_twistd(
+                self.parent.get("logfile"), bool(self.parent.get("nodaemon"))
+            )
         if self["check"]:
             config = self["config"]
             print(
@@ -197,6 +234,10 @@ class Options(usage.Options):
                 "request-timeout",
                 "trust-forwarded-from",
                 "tls-ciphers",
+                "max-connections",
+                "max-connections-per-ip",
+                "log-format",
+                "metrics",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -213,7 +254,7 @@ class Options(usage.Options):
         return load_file(self["config"])
 
     def _from_command_line(self) -> Config:
-        from wsgate._configfile import check
+        from wsgate._configfile import check, parse_metrics
 
         sources = self["backend"] or self["route"] or self["token-file"] or self["token-source"]
         if not (sources or self["web"]):
@@ -297,6 +338,12 @@ class Options(usage.Options):
                 for e in listen
             ),
             routes=tuple(routes),
+            max_connections=parse_limit(self["max-connections"] or 0, "--max-connections"),
+            max_connections_per_ip=parse_limit(
+                self["max-connections-per-ip"] or 0, "--max-connections-per-ip"
+            ),
+            log_format=parse_log_format(self["log-format"] or "text", "--log-format"),
+            metrics=parse_metrics(self["metrics"], "--metrics") if self["metrics"] else None,
         )
         problems = check(config, "command line")
         if problems:
@@ -307,13 +354,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon, _speedups
-    from wsgate._service import make_service
+    from wsgate import _daemon, _process, _speedups
 
     _daemon.watch()
     # Here, not in Gateway: the shortcuts change process-wide state (Autobahn's
     # module, the reactor's loop), which is the program's to decide; tests and
     # embedders that build a Gateway keep the plain path.
     _speedups.install(reactor)
-    service: Any = make_service(options["config"], reactor)
-    return service  # type: ignore[no-any-return]
+    return _process.build(options["config"], reactor)

@@ -1,0 +1,306 @@
+"""Keepalive per leg: the timer on a Clock, then real peers that stop answering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from peers import TIMEOUT, backend, client
+from rawws import raw_handshake
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.usage import UsageError
+from websockets.exceptions import ConnectionClosed
+
+from wsgate._closecodes import Cause, Close, Side
+from wsgate._config import RouteSettings
+from wsgate._keepalive import Keepalive
+from wsgate._relay import Relay
+from wsgate._wsleg import RelayedLeg, leg_options
+from wsgate.testing import GateFactory, Wsgate, free_port
+
+PEER = str(Path(__file__).with_name("faultpeer.py"))
+
+
+class Peer:
+    """What the keepalive does to its leg: pings it sends, and its verdict."""
+
+    def __init__(self, clock: Clock, interval: float = 20, timeout: float = 20) -> None:
+        self.pings: list[float] = []
+        self.dead_at: float | None = None
+        self.open = True
+        self._clock = clock
+        self.keepalive = Keepalive(clock, interval, timeout, self._ping, self._dead)
+
+    def _ping(self) -> bool:
+        if not self.open:
+            return False
+        self.pings.append(self._clock.seconds())
+        return True
+
+    def _dead(self) -> None:
+        assert self.dead_at is None
+        self.dead_at = self._clock.seconds()
+
+
+def test_a_quiet_peer_is_pinged_after_the_interval() -> None:
+    clock = Clock()
+    peer = Peer(clock)
+    clock.advance(19.9)
+    assert peer.pings == []
+    clock.advance(0.1)
+    assert peer.pings == [20.0]
+
+
+def test_traffic_postpones_the_ping() -> None:
+    clock = Clock()
+    peer = Peer(clock)
+    clock.advance(15)
+    peer.keepalive.heard()
+    clock.advance(19)
+    assert peer.pings == []
+    clock.advance(1)
+    assert peer.pings == [35.0]
+
+
+def test_an_answer_keeps_the_peer_and_pings_go_on() -> None:
+    clock = Clock()
+    peer = Peer(clock)
+    clock.advance(20)
+    clock.advance(3)
+    peer.keepalive.heard()  # the pong
+    clock.advance(20)
+    assert peer.dead_at is None
+    assert peer.pings == [20.0, 43.0]
+
+
+def test_no_answer_within_the_timeout_is_a_dead_peer() -> None:
+    clock = Clock()
+    peer = Peer(clock, interval=2, timeout=3)
+    clock.pump([1] * 4)
+    assert peer.pings == [2.0] and peer.dead_at is None
+    clock.advance(1)
+    assert peer.dead_at == 5.0
+    assert not peer.keepalive.running
+    clock.pump([1] * 100)
+    assert peer.pings == [2.0]
+
+
+def test_a_paused_leg_does_not_blame_its_peer() -> None:
+    """While the leg does not read (backpressure), the pong waits unread."""
+    clock = Clock()
+    peer = Peer(clock, interval=2, timeout=3)
+    clock.advance(2)
+    peer.keepalive.pause()
+    clock.pump([1] * 30)
+    assert peer.dead_at is None
+    peer.keepalive.resume()
+    clock.pump([1] * 4)
+    assert peer.dead_at is None
+    clock.pump([1] * 3)
+    assert peer.dead_at is not None
+
+
+def test_timeout_zero_pings_but_never_gives_up() -> None:
+    clock = Clock()
+    peer = Peer(clock, interval=5, timeout=0)
+    clock.pump([1] * 21)
+    assert peer.pings == [5.0, 10.0, 15.0, 20.0]
+    assert peer.dead_at is None
+
+
+def test_a_closing_leg_stops_the_pings() -> None:
+    clock = Clock()
+    peer = Peer(clock, interval=1, timeout=1)
+    peer.open = False
+    clock.pump([1] * 10)
+    assert peer.pings == [] and peer.dead_at is None
+    assert not peer.keepalive.running
+
+
+def test_stop_cancels_the_timer() -> None:
+    clock = Clock()
+    peer = Peer(clock)
+    peer.keepalive.stop()
+    assert clock.getDelayedCalls() == []
+
+
+# -- end to end ----------------------------------------------------------------
+
+INTERVAL, PING_TIMEOUT = 0.5, 0.5
+#: Scheduling slack on a shared machine, on top of interval + timeout.
+SLACK = 1.5
+
+
+def keepalive_gate(wsgate: GateFactory, port: int) -> Wsgate:
+    return wsgate(
+        "--backend",
+        f"ws://127.0.0.1:{port}",
+        "--ping-interval",
+        str(INTERVAL),
+        "--ping-timeout",
+        str(PING_TIMEOUT),
+    )
+
+
+def test_a_frozen_backend_is_detected_and_the_client_gets_1011(wsgate: GateFactory) -> None:
+    port = free_port()
+    gate = keepalive_gate(wsgate, port)
+
+    async def main() -> tuple[int, float]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            PEER,
+            "backend",
+            str(port),
+            "sink",
+            "off",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            assert (await proc.stdout.readline()).strip() == b"ready"
+            async with client(gate.url, ping_interval=None) as ws:
+                await ws.send(b"x")  # the backend is in the middle of its message
+                proc.send_signal(signal.SIGSTOP)
+                frozen = time.monotonic()
+                async with asyncio.timeout(TIMEOUT):
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.recv()
+                took = time.monotonic() - frozen
+                assert ws.close_code is not None
+                return ws.close_code, took
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
+
+    code, took = asyncio.run(main())
+    assert code == 1011
+    assert took < INTERVAL + PING_TIMEOUT + SLACK, took
+    assert "no pong within 0.5 s" in gate.log()
+
+
+def test_a_client_that_stops_answering_pings_gets_1001_to_the_backend(
+    wsgate: GateFactory,
+) -> None:
+    port = free_port()
+    gate = keepalive_gate(wsgate, port)
+
+    async def main() -> tuple[int | None, str, float]:
+        async with backend(port) as state:
+            _reader, writer = await raw_handshake(gate.port)
+            seen = await state.wait_seen()
+            quiet = time.monotonic()
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    await seen.closed.wait()
+                return seen.close_code, seen.close_reason, time.monotonic() - quiet
+            finally:
+                writer.close()
+
+    code, reason, took = asyncio.run(main())
+    assert code == 1001, reason
+    assert took < INTERVAL + PING_TIMEOUT + SLACK, took
+
+
+def test_peers_that_answer_stay_connected(wsgate: GateFactory) -> None:
+    """Both peers answer pings (websockets does): after several intervals of
+    silence, the connection still relays."""
+    port = free_port()
+    gate = keepalive_gate(wsgate, port)
+
+    async def main() -> bytes:
+        async with backend(port), client(gate.url, ping_interval=None) as ws:
+            await asyncio.sleep(4 * (INTERVAL + PING_TIMEOUT))  # the thing under test is time
+            await ws.send(b"still here")
+            async with asyncio.timeout(TIMEOUT):
+                answer = await ws.recv()
+            assert isinstance(answer, bytes)
+            return answer
+
+    assert asyncio.run(main()) == b"still here"
+
+
+# -- a real leg, in memory ------------------------------------------------------
+
+
+def _open_leg() -> tuple[Any, StringTransport, FakeBackend, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.setProtocolOptions(**leg_options(RouteSettings()))
+    factory.protocol = _ServerLeg
+    leg = factory.buildProtocol(None)
+    transport = StringTransport()
+    leg.makeConnection(transport)
+    leg.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    backend = FakeBackend()
+    leg.relay = Relay(leg, backend, reactor)
+    leg.relay.start()
+    leg.keep_alive(reactor, 2, 3)
+    return leg, transport, backend, reactor
+
+
+class _ServerLeg(RelayedLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    side = Side.CLIENT
+
+
+class FakeBackend:
+    side = Side.BACKEND
+
+    def __init__(self) -> None:
+        self.closes: list[Close] = []
+
+    def send_close(self, close: Close) -> None:
+        self.closes.append(close)
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+PING = b"\x89\x06wsgate"
+PONG = b"\x8a\x86\x00\x00\x00\x00wsgate"  # masked with zeros
+
+
+def test_a_leg_pings_its_quiet_peer_and_a_pong_keeps_it() -> None:
+    leg, transport, backend, reactor = _open_leg()
+    reactor.advance(1.9)
+    assert transport.value() == b""
+    reactor.advance(0.1)
+    assert transport.value() == PING
+    reactor.advance(1)
+    leg.dataReceived(PONG)
+    reactor.advance(2)  # the answered ping's deadline passes
+    assert not transport.disconnecting and backend.closes == []
+
+
+def test_a_leg_whose_peer_does_not_answer_is_dropped_and_the_backend_gets_1001() -> None:
+    leg, transport, backend, reactor = _open_leg()
+    reactor.advance(2)
+    assert transport.value() == PING
+    reactor.advance(3)
+    assert transport.disconnecting  # aborted: StringTransport.abortConnection
+    assert backend.closes == [Close(1001, "client went away")]
+    assert leg.relay.first_close == (Side.CLIENT, Cause.DROPPED, None, "no pong within 3 s")
+
+
+def test_bad_ping_settings_name_the_option() -> None:
+    from wsgate.tap import Options
+
+    for option in ("--ping-interval", "--ping-timeout", "--drain-timeout"):
+        options = Options()
+        with pytest.raises(UsageError) as e:
+            options.parseOptions(["--backend", "ws://127.0.0.1:9", option, "-1"])
+        assert f"{option}: '-1' must be 0 (off) or a positive number of seconds" in str(e.value)

@@ -1,0 +1,33 @@
+"""The whole ``twistd wsgate`` process: listeners, drain, metrics.
+
+The gateway (``_service``) is the listeners and their reloads; around it,
+the process tracks every client connection (limits, drain, metrics) and
+serves ``/metrics`` on a listener of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+
+from wsgate._config import Config
+from wsgate._drain import Connections, DrainingService
+from wsgate._service import make_service
+
+
+def build(config: Config, reactor: Any) -> IService:
+    connections = Connections()
+    connections.limit(config)
+    process: Any = DrainingService(connections, reactor)
+    gateway = make_service(config, reactor, connections)
+    gateway.setServiceParent(process)
+    if config.metrics is not None:
+        from wsgate._metrics import service as metrics_service
+
+        metrics = metrics_service(config.metrics, reactor, connections, gateway.backend_states)
+        metrics.setServiceParent(process)
+    return process  # type: ignore[no-any-return]
+
+
+__all__ = ["build"]
