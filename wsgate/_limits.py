@@ -14,9 +14,12 @@ from __future__ import annotations
 import resource
 from typing import Any, cast
 
-from twisted.internet import defer
+from twisted.application import internet
+from twisted.internet import defer, error
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from zope.interface import implementer
+
+from wsgate import _daemon
 
 _log = Logger(namespace="wsgate")
 
@@ -103,7 +106,24 @@ def throttle_when_listening(listening: defer.Deferred[Any] | None) -> None:
         listening.addCallback(throttle_accept_log)
 
 
+class Listening(internet.StreamServerEndpointService):
+    """A listener of the starting configuration (the gateway's, the metrics
+    port): one that cannot bind stops the start with one line, in daemon mode
+    too, and its accept errors are throttled. ``what`` prefixes the line."""
+
+    _raiseSynchronously = True
+    what = ""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except error.CannotListenError as e:
+            _daemon.fail(f"wsgate: {self.what}cannot listen on {self.name!r}: {e.socketError}")
+        throttle_when_listening(self._waitingForPort)
+
+
 __all__ = [
+    "Listening",
     "ThrottledObserver",
     "raise_nofile_limit",
     "throttle_accept_log",

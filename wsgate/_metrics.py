@@ -24,11 +24,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from twisted.application import internet
-from twisted.internet import endpoints, error
+from twisted.internet import endpoints
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from wsgate import _daemon
+from wsgate import _limits
 from wsgate._drain import Connections
 from wsgate._tally import CONNECT_BUCKETS
 
@@ -167,16 +167,10 @@ def registry(connections: Connections, backends: BackendStates) -> CollectorRegi
     return found
 
 
-class _Listener(internet.StreamServerEndpointService):
+class _Listener(_limits.Listening):
     """A metrics port that cannot bind stops the start with one line."""
 
-    _raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except error.CannotListenError as e:
-            _daemon.fail(f"wsgate: metrics: cannot listen on {self.name!r}: {e.socketError}")
+    what = "metrics: "
 
 
 def service(

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
@@ -278,17 +278,8 @@ class _SwappableCreator:
         return self.current.serverConnectionForTLS(tlsProtocol)
 
 
-class _Listener(internet.StreamServerEndpointService):
+class _Listener(_limits.Listening):
     """A listener that cannot bind stops twistd with one clear line, not a traceback."""
-
-    _raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except error.CannotListenError as e:
-            _daemon.fail(f"wsgate: cannot listen on {self.name!r}: {e.socketError}")
-        _limits.throttle_when_listening(self._waitingForPort)
 
 
 @implementer(IProtocolNegotiationFactory)
