@@ -41,8 +41,9 @@ from wsgate.testing import TlsFiles, Wsgate
 @pytest.fixture
 def pristine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a test installs into Autobahn or ``_speedups`` is undone after it."""
-    for name in ("create_xor_masker", "Utf8Validator"):
+    for name in ("create_xor_masker", "Utf8Validator", "pformat"):
         monkeypatch.setattr(autobahn_protocol, name, getattr(autobahn_protocol, name))
+    monkeypatch.setattr(Timings, "__str__", Timings.__str__)
     monkeypatch.setattr(_speedups, "_eager", False)
 
 
@@ -137,8 +138,10 @@ def test_install_on_the_versions_it_was_written_for(
         assert _speedups._eager
         assert _wsgate_lines(logged) == [
             f"speedups: on (Twisted {want['Twisted']}, Autobahn {want['Autobahn']}): eager TCP "
-            "writes, wsaccel masker and UTF-8 validator, epoll events without a log context"
+            "writes, wsaccel masker and UTF-8 validator, debug formatting only when read, "
+            "epoll events without a log context"
         ]
+        assert autobahn_protocol.pformat is _speedups._LazyFormat
     finally:
         _close(reactor)
 
@@ -209,6 +212,19 @@ def test_autobahn_s_timings_still_print(pristine: None, monkeypatch: pytest.Monk
     timings.track("onOpen")
     assert str(timings) == pprint.pformat(timings._timings)
     assert f"{timings}" == str(timings)
+
+
+def test_autobahn_s_debug_formatting_is_lazy_and_the_same(
+    pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    want = _speedups._WRITTEN_FOR
+    _pretend_versions(monkeypatch, want["Twisted"], want["Autobahn"])
+    assert _speedups.install(MemoryReactorClock())
+    value = [("applyMask", True, "Factory"), ("maxFramePayloadSize", 0, "Factory")] * 5
+    lazy = autobahn_protocol.pformat(value)
+    assert not isinstance(lazy, str)  # nothing formatted yet
+    assert str(lazy) == pprint.pformat(value)
+    assert f"{lazy}" == pprint.pformat(value)
 
 
 # -- the direct write, on real TCP connections ----------------------------------

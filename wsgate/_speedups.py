@@ -25,15 +25,17 @@ embedding wsgate, other versions) runs the plain path.
   wsgate logs with ``twisted.logger``; a legacy error logged during an event
   is still logged, with ``-`` as its system.
 
-Not worked around: Autobahn pretty-prints its whole configuration (and a
-client's transport details) for a debug line on every connection, debug
-logged or not. The only handle is its module-global ``pformat``, which its
-``Timings.__str__`` returns too, so replacing it breaks ``str(timings)``.
+- Debug formatting: Autobahn pretty-prints its whole configuration (and a
+  client's transport details) for a debug line on every connection, debug
+  logged or not: about a tenth of a handshake's CPU. Its module-global
+  ``pformat`` becomes lazy (formatted only if an observer reads the line);
+  ``Timings.__str__``, which returns that ``pformat``, formats for real.
 """
 
 from __future__ import annotations
 
 import errno
+import pprint
 import types
 from typing import Any
 
@@ -106,7 +108,12 @@ def install(reactor: Any) -> bool:
         )
         return False
     _fast_masking()
-    on = ["eager TCP writes", "wsaccel masker and UTF-8 validator"]
+    _lazy_debug_formatting()
+    on = [
+        "eager TCP writes",
+        "wsaccel masker and UTF-8 validator",
+        "debug formatting only when read",
+    ]
     if _fast_poll(reactor):
         on.append("epoll events without a log context")
     _eager = True
@@ -135,6 +142,38 @@ def _fast_masking() -> None:
     protocol: Any = module  # its globals, which mypy sees as private
     protocol.create_xor_masker = _create_xor_masker
     protocol.Utf8Validator = _WsaccelValidator
+
+
+class _LazyFormat:
+    """``pprint.pformat(value)``, computed only if a log observer reads it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self._value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy_debug_formatting() -> None:
+    """Autobahn pretty-prints its whole configuration (and a client's
+    transport details) for a debug line on every connection, before the
+    logger looks at the level: a tenth of a handshake's CPU. Its module's
+    ``pformat`` becomes lazy; ``Timings.__str__``, the one caller that must
+    return a str, formats for real."""
+    from autobahn.websocket import protocol as module
+
+    protocol: Any = module  # its globals, which mypy sees as private
+    protocol.pformat = _LazyFormat
+    protocol.Timings.__str__ = _timings_str
+
+
+def _timings_str(timings: Any) -> str:
+    return pprint.pformat(timings._timings)
 
 
 def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
