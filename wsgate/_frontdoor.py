@@ -218,12 +218,19 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         )
 
     def _admit_then(
-        self, headers: dict[str, str], open_leg: Callable[[Request], defer.Deferred[Any]]
+        self,
+        headers: dict[str, str],
+        open_leg: Callable[[Request | None], defer.Deferred[Any]],
     ) -> defer.Deferred[Any]:
         """Run the route's authenticators, then ``open_leg`` (which asks the
         token source, if any): no backend is contacted for a refused client."""
         live = self._live
         assert live is not None
+        gate = live.gate
+        if not gate.authenticators and gate.source is None:
+            # No plugin to ask (most routes): no request made for one, no coroutine.
+            forward_user(headers, live.route.settings.forward_user_header, None)
+            return open_leg(None)
         request = self._plugin_request()
 
         async def admit() -> Any:

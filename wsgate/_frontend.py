@@ -89,7 +89,7 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
         path = live.backend_path(self._route_path)
         query = self._head.target.partition("?")[2]
 
-        def open_leg(client: Request) -> defer.Deferred[Any]:
+        def open_leg(client: Request | None) -> defer.Deferred[Any]:
             # After the authenticators: they may add a header (the identity).
             backend_request = BackendRequest(
                 path=path,

@@ -67,12 +67,14 @@ class LiveRoute:
         self.connectors = {b: make_connector(b) for b in route.backends}
         self.accept = _deflate.server_accept(route.settings.client_deflate)
 
-    async def candidates(self, path: str, request: Request) -> list[AnyBackend]:
+    async def candidates(self, path: str, request: Request | None) -> list[AnyBackend]:
         """The backends to try in order: the pool's, or the one the client's
-        token names (``_admission.Refused`` if none)."""
+        token names (``_admission.Refused`` if none). ``request`` is what a
+        token source is asked with (None on a route without one)."""
         if self.gate.source is None:
             assert self.pool is not None
             return self.pool.candidates()
+        assert request is not None
         return [await self.gate.backend(self.prefix, path, request)]
 
     def connector(self, backend: AnyBackend) -> Connector:
@@ -86,7 +88,7 @@ class LiveRoute:
     def open(
         self,
         request: BackendRequest,
-        client: Request,
+        client: Request | None,
         retrying: Callable[[AnyBackend, BackendError], None],
     ) -> defer.Deferred[tuple[Any, AnyBackend]]:
         """Open a leg to the first backend that accepts ``request`` (its path
@@ -98,7 +100,7 @@ class LiveRoute:
     async def _open(
         self,
         request: BackendRequest,
-        client: Request,
+        client: Request | None,
         retrying: Callable[[AnyBackend, BackendError], None],
     ) -> tuple[Any, AnyBackend]:
         candidates = await self.candidates(request.path, client)
