@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from wsgate import _routing
@@ -23,7 +23,6 @@ from wsgate._config import (
     Config,
     ConfigError,
     Listener,
-    Network,
     Route,
     RouteSettings,
     apply_settings,
@@ -296,13 +295,12 @@ class _FileReader:
             ("max_connections", parse_limit),
             ("max_connections_per_ip", parse_limit),
             ("log_format", parse_log_format),
-            ("metrics", self._metrics_endpoint),
+            ("metrics", parse_metrics),
         ):
             if key in data:
-                try:
-                    limits[key] = parse(data[key], self._at("top level", key))
-                except ConfigError as e:
-                    self.errors.append(str(e))
+                value = self._parsed("top level", data, key, parse, None)
+                if value is not None:
+                    limits[key] = value
         config = Config(
             listeners=tuple(x for x in listeners if x is not None),
             routes=tuple(r for r in routes if r is not None),
@@ -325,10 +323,6 @@ class _FileReader:
         if self.errors:
             raise ConfigError("\n".join(self.errors))
         return config
-
-    @staticmethod
-    def _metrics_endpoint(value: Any, where: str) -> str:
-        return parse_metrics(value, where)
 
     def _settings(self, base: RouteSettings, raw: Mapping[str, Any], table: str) -> RouteSettings:
         values = {k: v for k, v in raw.items() if k in SETTINGS_BY_KEY}
@@ -353,14 +347,26 @@ class _FileReader:
             return None
         return value
 
-    def _flag(self, table: str, raw: Mapping[str, Any], key: str) -> bool:
+    def _parsed(
+        self,
+        table: str,
+        raw: Mapping[str, Any],
+        key: str,
+        parse: Callable[[Any, str], Any],
+        default: Any,
+    ) -> Any:
+        """``raw[key]`` through ``parse``; ``default`` when it is absent, or
+        wrong (the mistake is collected with the others)."""
         if key not in raw:
-            return False
+            return default
         try:
-            return parse_bool(raw[key], self._at(table, key))
+            return parse(raw[key], self._at(table, key))
         except ConfigError as e:
             self.errors.append(str(e))
-            return False
+            return default
+
+    def _flag(self, table: str, raw: Mapping[str, Any], key: str) -> bool:
+        return bool(self._parsed(table, raw, key, parse_bool, False))
 
     def _listener(self, index: int, raw: Mapping[str, Any]) -> Listener | None:
         name = raw.get("name")
@@ -400,28 +406,13 @@ class _FileReader:
         web_index = self._string(table, raw, "web_index")
         fail_when_degraded = self._flag(table, raw, "health_fail_when_degraded")
         follow_symlinks = self._flag(table, raw, "web_follow_symlinks")
-        request_timeout = DEFAULT_REQUEST_TIMEOUT
-        if "request_timeout" in raw:
-            try:
-                request_timeout = parse_seconds(
-                    raw["request_timeout"], self._at(table, "request_timeout")
-                )
-            except ConfigError as e:
-                self.errors.append(str(e))
-        trust: tuple[Network, ...] = ()
-        if "trust_forwarded_from" in raw:
-            try:
-                trust = parse_networks(
-                    raw["trust_forwarded_from"], self._at(table, "trust_forwarded_from")
-                )
-            except ConfigError as e:
-                self.errors.append(str(e))
-        tls_ciphers = DEFAULT_TLS_CIPHERS
-        if "tls_ciphers" in raw:
-            try:
-                tls_ciphers = parse_tls_ciphers(raw["tls_ciphers"], self._at(table, "tls_ciphers"))
-            except ConfigError as e:
-                self.errors.append(str(e))
+        request_timeout = self._parsed(
+            table, raw, "request_timeout", parse_seconds, DEFAULT_REQUEST_TIMEOUT
+        )
+        trust = self._parsed(table, raw, "trust_forwarded_from", parse_networks, ())
+        tls_ciphers = self._parsed(
+            table, raw, "tls_ciphers", parse_tls_ciphers, DEFAULT_TLS_CIPHERS
+        )
         client_ca = self._string(table, raw, "client_ca")
         if client_ca is not None:
             client_ca = self._relative(client_ca)
