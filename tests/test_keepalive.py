@@ -70,6 +70,27 @@ def test_traffic_postpones_the_ping() -> None:
     assert peer.pings == [35.0]
 
 
+def test_what_the_relay_heard_postpones_the_ping_too() -> None:
+    """The leg's keepalive reads the relay's time of the peer's last message
+    piece at each tick: nothing is paid per read."""
+    clock = Clock()
+    heard = [0.0]
+    pings: list[float] = []
+    Keepalive(
+        clock, 20, 20, lambda: pings.append(clock.seconds()) or True, lambda: None, lambda: heard[0]
+    )
+    clock.advance(15)
+    heard[0] = 15.0
+    clock.advance(19)
+    assert pings == []
+    clock.advance(1)
+    assert pings == [35.0]
+    clock.advance(3)
+    heard[0] = 38.0  # the pong, as the relay saw it
+    clock.advance(20)
+    assert pings == [35.0, 58.0]
+
+
 def test_an_answer_keeps_the_peer_and_pings_go_on() -> None:
     clock = Clock()
     peer = Peer(clock)

@@ -160,7 +160,7 @@ def test_idle_timeout_counts_from_the_last_message_or_ping() -> None:
     relay.message_begin(Side.CLIENT, False)
     relay.message_data(Side.CLIENT, b"hi", True)
     clock.advance(9)  # 9 s since the message
-    relay.touch()  # a ping
+    relay.touch(Side.BACKEND)  # a ping
     clock.advance(9.5)
     assert not [s for s in client.sent + backend.sent if s[0] == "close"]
     clock.advance(0.5)
@@ -171,6 +171,23 @@ def test_idle_timeout_counts_from_the_last_message_or_ping() -> None:
     # Later endings are not relayed again.
     relay.leg_ending(Side.BACKEND, Cause.PEER_CLOSED, 1001, "idle for 10 s")
     assert [s for s in client.sent if s[0] == "close"] == [("close", idle)]
+
+
+def test_each_sides_peer_is_heard_apart() -> None:
+    """What a leg's keepalive reads: its own peer's last message piece,
+    ping or pong, not the other side's."""
+    _client, _backend, relay, clock, _ = _pair()
+    relay.start()
+    assert relay.heard_at(Side.CLIENT) == relay.heard_at(Side.BACKEND) == 0
+    clock.advance(3)
+    relay.message_begin(Side.CLIENT, True)
+    relay.message_data(Side.CLIENT, b"a", False)
+    clock.advance(2)
+    relay.message_data(Side.CLIENT, b"b", True)
+    assert (relay.heard_at(Side.CLIENT), relay.heard_at(Side.BACKEND)) == (5, 0)
+    clock.advance(1)
+    relay.touch(Side.BACKEND)  # a pong
+    assert (relay.heard_at(Side.CLIENT), relay.heard_at(Side.BACKEND)) == (5, 6)
 
 
 def test_no_idle_timeout_by_default_and_none_after_the_end() -> None:

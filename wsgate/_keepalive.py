@@ -7,8 +7,9 @@ leg pings its own peer after ``interval`` seconds without hearing from it,
 whatever the other leg does; no answer (any frame counts, a pong included)
 within ``timeout`` seconds means the peer is gone.
 
-Hearing costs one clock read per socket read; the timer only fires once per
-``interval`` and reads the time of the last read then.
+Hearing costs nothing per read: the relay already notes when each side's
+peer last sent a message piece, a ping or a pong (for the idle timeout),
+and the timer, firing about once per ``interval``, reads that time.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from wsgate._relay import Clock
 class Keepalive:
     """The ping timer of one leg, driven by an injected clock.
 
-    ``ping()`` sends a ping and returns False when the leg can no longer
-    take one (it is closing): the keepalive then stops. ``dead()`` is called
+    ``last_heard()`` tells when the peer last sent something (or ``heard()``
+    says so as it happens). ``ping()`` sends a ping and returns False when
+    the leg can no longer take one (it is closing): the keepalive then stops. ``dead()`` is called
     once, when a ping went unanswered for ``timeout`` seconds. A ``timeout``
     of 0 sends pings (to keep intermediaries' idle timers happy) but never
     gives up on the peer.
@@ -35,6 +37,7 @@ class Keepalive:
         "_dead",
         "_heard_at",
         "_interval",
+        "_last_heard",
         "_paused",
         "_ping",
         "_pinged_at",
@@ -48,8 +51,10 @@ class Keepalive:
         timeout: float,
         ping: Callable[[], bool],
         dead: Callable[[], None],
+        last_heard: Callable[[], float] | None = None,
     ) -> None:
         self._clock = clock
+        self._last_heard = last_heard
         self._interval = interval
         self._timeout = timeout
         self._ping = ping
@@ -60,7 +65,8 @@ class Keepalive:
         self._call: Any = clock.callLater(interval, self._tick)
 
     def heard(self) -> None:
-        """The peer sent something: it is alive."""
+        """The peer sent something: it is alive (besides what ``last_heard``,
+        when given, reports)."""
         self._heard_at = self._clock.seconds()
 
     def pause(self) -> None:
@@ -85,6 +91,8 @@ class Keepalive:
     def _tick(self) -> None:
         self._call = None
         now = self._clock.seconds()
+        if self._last_heard is not None:
+            self._heard_at = max(self._heard_at, self._last_heard())
         if self._paused:
             self._heard_at = now
         if self._pinged_at is not None:

@@ -135,6 +135,9 @@ class TransportLeg:
 class _Direction:
     messages: int = 0
     bytes: int = 0
+    #: When this side's peer was last heard (a message piece, a ping, a pong):
+    #: one clock read per piece serves the idle timeout and the keepalive.
+    heard_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -172,7 +175,7 @@ class Relay:
         self._sent: dict[Side, int | None] = {}
         self.stats = Stats()
         self.opened_at = clock.seconds()
-        self._last_activity = self.opened_at
+        self.stats.upstream.heard_at = self.stats.downstream.heard_at = self.opened_at
         self._idle_timeout = 0.0
         self._idle_call: Any = None
 
@@ -226,15 +229,20 @@ class Relay:
         if not self._deliver(side, self.message_data, data, final):
             return
         if self._from_open_side(side):
-            self._direction(side).bytes += len(data)
-            self._last_activity = self._clock.seconds()
+            direction = self._direction(side)
+            direction.bytes += len(data)
+            direction.heard_at = self._clock.seconds()
             self._other(side).send_data(data, final)
 
     # -- idle connections ----------------------------------------------------------
 
-    def touch(self) -> None:
-        """A ping or pong on either leg: the connection is in use."""
-        self._last_activity = self._clock.seconds()
+    def touch(self, side: Side) -> None:
+        """A ping or pong from ``side``'s peer: the connection is in use."""
+        self._direction(side).heard_at = self._clock.seconds()
+
+    def heard_at(self, side: Side) -> float:
+        """When ``side``'s peer was last heard (for its leg's keepalive)."""
+        return self._direction(side).heard_at
 
     def idle_timeout(self, seconds: float) -> None:
         """Close both legs once nothing crossed for ``seconds`` (0: never)."""
@@ -246,7 +254,8 @@ class Relay:
         self._idle_call = None
         if self._first_close is not None or self.finished:
             return
-        idle_for = self._clock.seconds() - self._last_activity
+        stats = self.stats
+        idle_for = self._clock.seconds() - max(stats.upstream.heard_at, stats.downstream.heard_at)
         if idle_for < self._idle_timeout:
             self._idle_call = self._clock.callLater(self._idle_timeout - idle_for, self._check_idle)
             return

@@ -107,13 +107,16 @@ class RelayedLeg(TransportLeg):
     def keep_alive(self, clock: Clock, interval: float, timeout: float) -> None:
         """Ping this leg's peer after ``interval`` quiet seconds; drop it when
         no frame comes back within ``timeout`` (0 interval: never ping)."""
-        if interval > 0 and self.state == _OPEN and self._keepalive is None:
+        relay = self.relay
+        if interval > 0 and self.state == _OPEN and self._keepalive is None and relay is not None:
+            side = self.side
             self._keepalive = Keepalive(
                 clock,
                 interval,
                 timeout,
                 self._keepalive_ping,
                 lambda: self._peer_unresponsive(timeout),
+                lambda: relay.heard_at(side),
             )
 
     def _keepalive_ping(self) -> bool:
@@ -275,12 +278,12 @@ class RelayedLeg(TransportLeg):
     def onPing(self, payload: bytes) -> None:
         if self._held is None:
             if self.relay is not None:
-                self.relay.touch()
+                self.relay.touch(self.side)
             super().onPing(payload)  # type: ignore[misc]
 
     def onPong(self, payload: bytes) -> None:
         if self.relay is not None:
-            self.relay.touch()
+            self.relay.touch(self.side)
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
@@ -351,9 +354,6 @@ class RelayedLeg(TransportLeg):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
         self.wire_in += len(data)
-        keepalive = self._keepalive
-        if keepalive is not None:
-            keepalive.heard()
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
