@@ -25,10 +25,10 @@ class Keepalive:
 
     ``last_heard()`` tells when the peer last sent something (or ``heard()``
     says so as it happens). ``ping()`` sends a ping and returns False when
-    the leg can no longer take one (it is closing): the keepalive then stops. ``dead()`` is called
-    once, when a ping went unanswered for ``timeout`` seconds. A ``timeout``
-    of 0 sends pings (to keep intermediaries' idle timers happy) but never
-    gives up on the peer.
+    the leg can no longer take one (it is closing): the keepalive then
+    stops. ``dead()`` is called once, when a ping went unanswered for
+    ``timeout`` seconds. A ``timeout`` of 0 sends pings (to keep
+    intermediaries' idle timers happy) but never gives up on the peer.
     """
 
     __slots__ = (
