@@ -312,6 +312,12 @@ class Target:
     #: Which target its ratios are taken against besides nginx and direct.
     peer: str | None = None
     memory: bool = True
+    #: The scenario modes it runs in (None: all); a tuned row that changes
+    #: nothing in the other modes skips them.
+    modes: frozenset[str] | None = None
+
+    def runs(self, mode: str) -> bool:
+        return self.modes is None or mode in self.modes
 
 
 def _start_direct(env: Env, mode: str, big: bool) -> Running:
@@ -422,11 +428,21 @@ backend be
     return Running(f"ws://127.0.0.1:{port}", proc.pid, proc, signal.SIGTERM)
 
 
-#: wsgate's deflate policy on both legs in the deflate scenarios (--wsgate-deflate).
+#: The deflate policy of the tuned "wsgate-deflate-both" row on both legs
+#: (--wsgate-deflate).
 WSGATE_DEFLATE = ["on"]
 
 
-def _start_wsgate(secure: bool) -> Callable[[Env, str, bool], Running]:
+def _deflate_both() -> list[str]:
+    return ["--client-deflate", WSGATE_DEFLATE[0], "--backend-deflate", WSGATE_DEFLATE[0]]
+
+
+def _start_wsgate(
+    secure: bool, tuning: Callable[[], list[str]] = list
+) -> Callable[[Env, str, bool], Running]:
+    """wsgate as shipped (no flags but its listener and backend), plus
+    ``tuning()``'s flags for a named tuned row."""
+
     def start(env: Env, mode: str, big: bool) -> Running:
         from wsgate.testing import Wsgate
 
@@ -437,18 +453,9 @@ def _start_wsgate(secure: bool) -> Callable[[Env, str, bool], Running]:
             )
         else:
             listen = f"tcp:{port}:interface=127.0.0.1"
-        deflate = WSGATE_DEFLATE[0] if mode == "deflate" else "off"
-        args = [
-            "--listen",
-            listen,
-            "--backend",
-            f"ws://127.0.0.1:{env.backend_ports[mode]}",
-            "--client-deflate",
-            deflate,
-            "--backend-deflate",
-            deflate,
-        ]
-        if big:
+        args = ["--listen", listen, "--backend", f"ws://127.0.0.1:{env.backend_ports[mode]}"]
+        args += tuning()
+        if big:  # the one setting a scenario needs: 256 MiB is over the default limit
             args += ["--max-message-size", "0"]
         log = Path(tempfile.mkstemp(prefix="wsgate-", suffix=".log", dir=env.work)[1])
         env_vars = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -478,9 +485,17 @@ TARGETS = [
     Target("nginx", "nginx 1 worker, ws", False, _start_nginx(False)),
     Target("nginx-tls", "nginx 1 worker, wss", True, _start_nginx(True)),
     Target("haproxy", "HAProxy 1 thread, ws", False, _start_haproxy),
-    Target("wsgate", "wsgate, ws", False, _start_wsgate(False), peer="nginx"),
-    Target("wsgate-tls", "wsgate, wss", True, _start_wsgate(True), peer="nginx-tls"),
-]
+    Target("wsgate", "wsgate as shipped (no flags), ws", False, _start_wsgate(False),
+           peer="nginx"),
+    Target("wsgate-tls", "wsgate as shipped (no flags), wss", True, _start_wsgate(True),
+           peer="nginx-tls"),
+    Target("wsgate-deflate-both",
+           "wsgate tuned: --client-deflate/--backend-deflate POLICY (default on), so the "
+           "backend leg compresses too, as it does end to end through nginx; deflate "
+           "scenarios only",
+           False, _start_wsgate(False, _deflate_both), peer="wsgate",
+           modes=frozenset({"deflate"})),
+]  # fmt: skip
 
 # -- scenarios -----------------------------------------------------------------------------
 
@@ -638,7 +653,7 @@ def _huge(env: Env, run: Running, s: Settings, log: Path) -> dict[str, Any]:
     return out
 
 
-_RTT1K = "1 KiB compressible text round trips, deflate on both legs"
+_RTT1K = "1 KiB compressible text round trips, client and backend offer deflate"
 SCENARIOS = [
     Scenario("rtt64_1", "64 B text round trips, 1 connection", "plain", False,
              _rtt(1, 64, "text", False)),
@@ -653,7 +668,7 @@ SCENARIOS = [
              _rtt(50, 1024, "compressible", True)),
     Scenario("idle_plain", "idle connections, no deflate", "plain", True, _idle(False),
              memory=True),
-    Scenario("idle_deflate", "idle connections, deflate on both legs", "deflate", True,
+    Scenario("idle_deflate", "idle connections, client and backend offer deflate", "deflate", True,
              _idle(True), memory=True),
     Scenario("huge256", "one 256 MiB message to a slow reader", "plain", True, _huge,
              memory=True, big=True),
@@ -802,10 +817,12 @@ def run_all(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 running: dict[tuple[str, str], Running] = {}
                 try:
                     for t in order:
-                        for mode in sorted({s.mode for s in shared}):
+                        for mode in sorted({s.mode for s in shared if t.runs(s.mode)}):
                             running[(t.name, mode)] = t.start(env, mode, False)
                     for s in shared:
                         for t in order:
+                            if not t.runs(s.mode):
+                                continue
                             res = _measure(s, env, running[(t.name, s.mode)], settings, logs)
                             res["round"] = rnd + 1
                             results[t.name][s.key].append(res)
@@ -818,7 +835,7 @@ def run_all(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     continue
                 for s in fresh:
                     for t in order:
-                        if not t.memory:
+                        if not t.memory or not t.runs(s.mode):
                             continue
                         run = t.start(env, s.mode, s.big)
                         try:
@@ -1094,7 +1111,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         " Ratios compare best figures; TLS targets are compared with nginx-tls."
         " A round trip is one message to the backend and its echo; µs/msg is proxy"
         " CPU (user + system, all threads) per round trip."
-        f" wsgate's deflate scenarios: `--client-deflate {settings.get('wsgate_deflate', 'on')}"
+        " `wsgate` runs as shipped (no flags: the client leg compresses when the client"
+        " offers, the backend leg does not); `wsgate-deflate-both` is a tuned row:"
+        f" `--client-deflate {settings.get('wsgate_deflate', 'on')}"
         f" --backend-deflate {settings.get('wsgate_deflate', 'on')}`."
     )
     out.append("")
@@ -1305,8 +1324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--wsgate-deflate",
         default="on",
-        help="wsgate's deflate policy in the deflate scenarios (default on; e.g. "
-        "on,no_context_takeover)",
+        help="the wsgate-deflate-both row's deflate policy on both legs (default on; e.g. "
+        "on,no_context_takeover); the wsgate row runs as shipped",
     )
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     p.add_argument("--report-only", action="store_true", help="re-render OUT/results.json")
