@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import twisted
-from wsgate import _speedups
+from wsgate import _speedups, _tlspath
 from wsgate._service import Gateway
 from wsgate.tap import Options
 from wsgate.testing import TlsFiles, Wsgate
@@ -45,6 +45,10 @@ def pristine(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(autobahn_protocol, name, getattr(autobahn_protocol, name))
     monkeypatch.setattr(Timings, "__str__", Timings.__str__)
     monkeypatch.setattr(_speedups, "_eager", False)
+    monkeypatch.setattr(_speedups, "_eager_tls", False)
+    monkeypatch.setattr(_tlspath, "_send", None)
+    for name in ("_write", "_flushSendBIO", "_flushReceiveBIO"):
+        monkeypatch.setattr(tls.TLSMemoryBIOProtocol, name, getattr(tls.TLSMemoryBIOProtocol, name))
 
 
 @pytest.fixture
@@ -139,7 +143,7 @@ def test_install_on_the_versions_it_was_written_for(
         assert _wsgate_lines(logged) == [
             f"speedups: on (Twisted {want['Twisted']}, Autobahn {want['Autobahn']}): eager TCP "
             "writes, wsaccel masker and UTF-8 validator, debug formatting only when read, "
-            "epoll events without a log context"
+            "epoll events without a log context, TLS records written at once"
         ]
         assert autobahn_protocol.pformat is _speedups._LazyFormat
     finally:
@@ -445,11 +449,22 @@ def test_a_dead_peer_ends_the_connection_as_twisted_s_write_does(
     write(transport, b"after")  # dropped, as Twisted drops it
 
 
+@pytest.mark.parametrize("tls_path", [False, True])
 def test_tls_never_takes_the_direct_write(
-    eager: None, net: _Net, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+    pristine: None,
+    eager: None,
+    net: _Net,
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_path: bool,
 ) -> None:
     """A TCP transport that started TLS, and a TLS wrapper: what is written
-    arrives through TLS (a byte in clear would break the peer's TLS)."""
+    arrives through TLS (a byte in clear would break the peer's TLS), with
+    and without the TLS path (``_tlspath``: the wrapper's ciphertext leaves
+    by the direct write)."""
+    if tls_path:
+        assert _tlspath.install(_speedups.write)
+        monkeypatch.setattr(_speedups, "_eager_tls", True)
     # startTLS gives its TLS layer the global reactor as the clock it flushes
     # writes with (callLater(0)), and has no argument for another one.
     monkeypatch.setattr(tls, "_get_default_clock", lambda: net.reactor)

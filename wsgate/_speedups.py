@@ -25,6 +25,11 @@ embedding wsgate, other versions) runs the plain path.
   wsgate logs with ``twisted.logger``; a legacy error logged during an event
   is still logged, with ``-`` as its system.
 
+- TLS (``_tlspath``): Twisted's memory-BIO TLS writes without its
+  ``callLater(0)`` aggregation, its ciphertext out by the eager write, and
+  without an OpenSSL exception per read, when pyOpenSSL is the version it
+  was written for too.
+
 - Debug formatting: Autobahn pretty-prints its whole configuration (and a
   client's transport details) for a debug line on every connection, debug
   logged or not: about a tenth of a handshake's CPU. Its module-global
@@ -44,9 +49,12 @@ from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
 )
 from twisted.internet import tcp
 from twisted.logger import Logger
+from twisted.protocols import tls
 from twisted.python import log
 from wsaccel.utf8validator import Utf8Validator as _WsaccelValidator
 from wsaccel.xormask import createXorMasker as _wsaccel_masker
+
+from wsgate import _tlspath
 
 _log = Logger(namespace="wsgate")
 
@@ -61,8 +69,11 @@ _SEND_LIMIT = tcp.Connection.SEND_LIMIT
 #: Exactly these classes: a subclass or a wrapper keeps its own write.
 _TCP = (tcp.Server, tcp.Client)
 
-#: Whether ``write`` may send at once; set by ``install``.
+#: Whether ``write`` may send at once (over TCP; over TLS); set by ``install``.
 _eager = False
+_eager_tls = False
+
+_TLS_TRANSPORT = tls.BufferingTLSTransport
 
 
 def write(transport: Any, data: bytes) -> None:
@@ -89,13 +100,15 @@ def write(transport: Any, data: bytes) -> None:
         if sent < len(data):
             transport.write(data[sent:] if sent else data)
         return
+    if _eager_tls and type(transport) is _TLS_TRANSPORT and _tlspath.write(transport, data):
+        return
     transport.write(data)
 
 
 def install(reactor: Any) -> bool:
     """Turn the shortcuts on for ``reactor`` if Twisted and Autobahn are the
     versions they were written for; log one line either way."""
-    global _eager
+    global _eager, _eager_tls
     found = _versions()
     if found != _WRITTEN_FOR:
         _log.info(
@@ -117,6 +130,11 @@ def install(reactor: Any) -> bool:
     if _fast_poll(reactor):
         on.append("epoll events without a log context")
     _eager = True
+    if _tlspath.install(write):
+        _eager_tls = True
+        on.append("TLS records written at once")
+    else:
+        on.append(f"not the TLS path (written for pyOpenSSL {_tlspath.WRITTEN_FOR})")
     _log.info(
         "speedups: on (Twisted {twisted}, Autobahn {autobahn}): {on}",
         twisted=found["Twisted"],
