@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
     WebSocketServerFactory,
     WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponseAccept,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -95,24 +101,36 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-def _open_leg(server: bool, compiled: bool, hold: bool) -> tuple[Any, StringTransport, _Relay]:
-    """A leg past its opening handshake, its relay recording."""
+_DEFLATE = b"Sec-WebSocket-Extensions: permessage-deflate"
+
+
+def _open_leg(
+    server: bool, compiled: bool, hold: bool, deflate: bool = False
+) -> tuple[Any, StringTransport, _Relay]:
+    """A leg past its opening handshake (permessage-deflate negotiated with
+    its defaults, context takeover, if ``deflate``), its relay recording."""
     relay = _Relay(hold)
     transport = _Transport()
     leg: Any
     if server:
         factory: Any = WebSocketServerFactory("ws://127.0.0.1:9000")
         factory.protocol = _ServerLeg
-        factory.setProtocolOptions(**_OPTIONS)
+        factory.setProtocolOptions(
+            **_OPTIONS, perMessageCompressionAccept=lambda offers: _accept_offer(offers)
+        )
         leg = factory.buildProtocol(None)
         leg._core = framecore if compiled else None
         leg.relay = relay
         leg.makeConnection(transport)
-        leg.dataReceived(upgrade_request())
+        leg.dataReceived(upgrade_request(b"/", b"127.0.0.1", *([_DEFLATE] if deflate else [])))
     else:
         factory = WebSocketClientFactory("ws://127.0.0.1:9000")
         factory.protocol = _ClientLeg
-        factory.setProtocolOptions(**_OPTIONS)
+        factory.setProtocolOptions(
+            **_OPTIONS,
+            perMessageCompressionOffers=[PerMessageDeflateOffer()] if deflate else [],
+            perMessageCompressionAccept=PerMessageDeflateResponseAccept,
+        )
         leg = factory.buildProtocol(None)
         leg._core = framecore if compiled else None
         leg.relay = relay
@@ -124,11 +142,23 @@ def _open_leg(server: bool, compiled: bool, hold: bool) -> tuple[Any, StringTran
         )
         leg.dataReceived(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept
+            + b"\r\n"
+            + (_DEFLATE + b"\r\n" if deflate else b"")
+            + b"\r\n"
         )
     assert leg.state == leg.STATE_OPEN, transport.value()
+    assert (leg._perMessageCompress is not None) == deflate
     transport.clear()
     return leg, transport, relay
+
+
+def _accept_offer(offers: list[Any]) -> Any:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
 
 
 def _frames_written(data: bytes) -> list[tuple[int, bool, bytes]]:
@@ -168,9 +198,10 @@ def _encode(opcode: int, payload: bytes, fin: bool, rsv: int, masked: bool, wide
 
 
 @st.composite
-def _message(draw: st.DrawFn, masked: bool) -> bytes:
+def _message(draw: st.DrawFn, masked: bool, deflate: bool = False) -> bytes:
     """A message, fragmented at random byte positions (UTF-8 split too),
-    sometimes with bad UTF-8, sometimes too big, with pings between fragments."""
+    sometimes with bad UTF-8, sometimes too big, with pings between fragments;
+    with ``deflate``, sometimes compressed (and then sometimes corrupt)."""
     binary = draw(st.booleans())
     if binary:
         payload = draw(st.binary(max_size=400))
@@ -180,12 +211,18 @@ def _message(draw: st.DrawFn, masked: bool) -> bytes:
             at = draw(st.integers(0, len(payload)))
             payload = payload[:at] + draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xe2\x82"]))
             payload += draw(st.binary(max_size=5))
+    rsv = 0
+    if deflate and draw(st.booleans()):
+        rsv = 4
+        compressor = zlib.compressobj(wbits=-15)
+        payload = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        payload = payload[:-4] if draw(st.integers(0, 9)) else payload[:-4] + b"\xff\xfe"
     cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
     pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
     out = b""
     for i, piece in enumerate(pieces):
         opcode = (2 if binary else 1) if i == 0 else 0
-        out += _encode(opcode, piece, i == len(pieces) - 1, 0, masked)
+        out += _encode(opcode, piece, i == len(pieces) - 1, rsv if i == 0 else 0, masked)
         if draw(st.integers(0, 4)) == 0:
             out += _encode(
                 draw(st.sampled_from([9, 10])), draw(st.binary(max_size=8)), True, 0, masked
@@ -221,10 +258,11 @@ def _odd_frame(draw: st.DrawFn, masked: bool) -> bytes:
 
 
 @st.composite
-def _stream(draw: st.DrawFn, masked: bool) -> tuple[bytes, list[int]]:
+def _stream(draw: st.DrawFn, masked: bool, deflate: bool = False) -> tuple[bytes, list[int]]:
+    message = _message(masked, deflate)
     parts = draw(
         st.lists(
-            st.one_of(_message(masked), _message(masked), _message(masked), _odd_frame(masked)),
+            st.one_of(message, message, message, _odd_frame(masked)),
             min_size=1,
             max_size=6,
         )
@@ -235,9 +273,9 @@ def _stream(draw: st.DrawFn, masked: bool) -> tuple[bytes, list[int]]:
 
 
 def _run(
-    server: bool, compiled: bool, hold: bool, data: bytes, cuts: list[int]
+    server: bool, compiled: bool, hold: bool, data: bytes, cuts: list[int], deflate: bool = False
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, bool, bytes]]]:
-    leg, transport, relay = _open_leg(server, compiled, hold)
+    leg, transport, relay = _open_leg(server, compiled, hold, deflate)
     for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
         if not transport.disconnecting:
             leg.dataReceived(data[a:b])
@@ -259,6 +297,46 @@ def test_both_paths_give_the_same_verdicts(server: bool, data: Any, hold: bool) 
     python = _run(server, False, hold, stream, cuts)
     compiled = _run(server, True, hold, stream, cuts)
     assert compiled == python
+
+
+@pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), hold=st.booleans())
+def test_both_paths_agree_with_deflate_negotiated(server: bool, data: Any, hold: bool) -> None:
+    """Compressed messages (corrupt ones too) between plain ones: the reader
+    hands each to Autobahn's decompressor and takes the stream back after it."""
+    stream, cuts = data.draw(_stream(masked=server, deflate=True))
+    python = _run(server, False, hold, stream, cuts, deflate=True)
+    compiled = _run(server, True, hold, stream, cuts, deflate=True)
+    assert compiled == python
+
+
+@pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+@settings(max_examples=50, deadline=None)
+@given(
+    messages=st.lists(
+        st.tuples(st.booleans(), st.lists(st.binary(max_size=70000), max_size=3)), max_size=4
+    )
+)
+def test_both_paths_write_the_same_frames(
+    server: bool, deflate: bool, messages: list[tuple[bool, list[bytes]]]
+) -> None:
+    """What the relay sends, piece by piece: the same frames on both paths,
+    masked only by the backend leg (a client of its backend)."""
+    written = []
+    for compiled in (False, True):
+        leg, transport, _ = _open_leg(server, compiled, False, deflate)
+        for binary, pieces in messages:
+            leg.send_begin(binary)
+            for piece in pieces:
+                leg.send_data(piece, False)
+            leg.send_data(b"", True)
+        data = transport.value()
+        written.append(_frames_written(data))
+        if data:
+            assert bool(data[1] & 0x80) == (not server)
+    assert written[0] == written[1]
 
 
 def test_the_legs_use_the_chosen_path() -> None:
