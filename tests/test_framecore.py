@@ -3,6 +3,8 @@ RFC 6455's examples and known UTF-8 vectors."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 framecore = pytest.importorskip("wsgate._framecore", reason="wsgate._framecore not built")
@@ -86,3 +88,32 @@ def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
 )
 def test_utf8_vectors(data: bytes, verdict: tuple[bool, bool]) -> None:
     assert framecore.utf8_valid(data) == verdict
+
+
+def test_many_empty_frames_in_one_read() -> None:
+    """50,000 empty continuation frames in one read: the reader loops, it does
+    not recurse (a masked text message's validation buffer is on the stack)."""
+    reader = framecore.Reader(True)
+    empty = b"\x00\x80" + bytes(4)
+    reader.feed(b"\x01\x80" + bytes(4) + empty * 50_000 + b"\x80\x81" + bytes(4) + b"x")
+    assert reader.next() == (0, False)
+    assert reader.next() == (1, b"x", True)
+    assert reader.next() is None
+
+
+def test_a_drained_reader_lets_go_of_its_read() -> None:
+    """An idle leg keeps no buffer: once everything is read, the reader drops
+    its reference to the last bytes it was fed."""
+    reader = framecore.Reader(False)
+    data = b"\x82\x7e\x01\x00" + bytes(256)
+    before = sys.getrefcount(data)
+    reader.feed(data)
+    assert sys.getrefcount(data) == before + 1
+    assert reader.next() == (0, True)
+    assert reader.next() == (1, bytes(256), True)
+    assert reader.next() is None
+    assert sys.getrefcount(data) == before
+    reader.feed(b"\x82\x00")  # a zero-length frame ending the read still ends its message
+    assert reader.next() == (0, True)
+    assert reader.next() == (1, b"", True)
+    assert reader.next() is None

@@ -232,131 +232,139 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
     if (r->buf == NULL)
         Py_RETURN_NONE;
     const uint8_t *base = (const uint8_t *)PyBytes_AS_STRING(r->buf);
-    Py_ssize_t avail = PyBytes_GET_SIZE(r->buf) - r->pos;
-
-    if (r->in_frame) {
-        uint64_t remaining = r->length - r->pointer;
-        Py_ssize_t n = (uint64_t)avail < remaining ? avail : (Py_ssize_t)remaining;
-        if (n == 0 && remaining > 0)
+    /* A loop, not recursion: a read may hold thousands of empty frames. */
+    for (;;) {
+        Py_ssize_t avail = PyBytes_GET_SIZE(r->buf) - r->pos;
+        if (avail == 0 && !(r->in_frame && r->pointer == r->length)) {
+            /* all read: an idle leg keeps no buffer */
+            Py_CLEAR(r->buf);
+            r->pos = 0;
             Py_RETURN_NONE;
-        int last = (uint64_t)n == remaining;
-        int final = last && r->fin;
-        if (!r->binary && r->validate) {
-            /* Validate on a copy of the state: a bad piece (or a message that
-             * ends inside a code point) goes to Autobahn unread. */
-            utf8_state s = r->utf8;
-            if (r->has_mask) {
-                uint8_t tmp[4096];
-                Py_ssize_t done = 0;
-                int ok = 1;
-                while (done < n && ok) {
-                    Py_ssize_t k = n - done < (Py_ssize_t)sizeof tmp ? n - done : (Py_ssize_t)sizeof tmp;
-                    xor_mask(tmp, base + r->pos + done, k, r->mask, r->pointer + done);
-                    ok = utf8_feed(&s, tmp, k);
-                    done += k;
-                }
-                if (!ok)
-                    return ev1(EV_HANDOFF);
-            } else if (!utf8_feed(&s, base + r->pos, n)) {
-                return ev1(EV_HANDOFF);
-            }
-            if (final && s.need != 0)
-                return ev1(EV_HANDOFF);
-            r->utf8 = s;
         }
-        PyObject *payload = NULL;
-        if (n > 0 || final) {
-            payload = take_payload(r, n);
+
+        if (r->in_frame) {
+            uint64_t remaining = r->length - r->pointer;
+            Py_ssize_t n = (uint64_t)avail < remaining ? avail : (Py_ssize_t)remaining;
+            if (n == 0 && remaining > 0)
+                Py_RETURN_NONE;
+            int last = (uint64_t)n == remaining;
+            int final = last && r->fin;
+            if (!r->binary && r->validate) {
+                /* Validate on a copy of the state: a bad piece (or a message that
+                 * ends inside a code point) goes to Autobahn unread. */
+                utf8_state s = r->utf8;
+                if (r->has_mask) {
+                    uint8_t tmp[4096];
+                    Py_ssize_t done = 0;
+                    int ok = 1;
+                    while (done < n && ok) {
+                        Py_ssize_t k = n - done < (Py_ssize_t)sizeof tmp ? n - done : (Py_ssize_t)sizeof tmp;
+                        xor_mask(tmp, base + r->pos + done, k, r->mask, r->pointer + done);
+                        ok = utf8_feed(&s, tmp, k);
+                        done += k;
+                    }
+                    if (!ok)
+                        return ev1(EV_HANDOFF);
+                } else if (!utf8_feed(&s, base + r->pos, n)) {
+                    return ev1(EV_HANDOFF);
+                }
+                if (final && s.need != 0)
+                    return ev1(EV_HANDOFF);
+                r->utf8 = s;
+            }
+            PyObject *payload = NULL;
+            if (n > 0 || final) {
+                payload = take_payload(r, n);
+                if (!payload)
+                    return NULL;
+            }
+            r->pos += n;
+            r->pointer += n;
+            r->received += n;
+            if (last) {
+                r->in_frame = 0;
+                if (r->fin)
+                    r->inside = 0;
+            }
+            if (payload == NULL)
+                continue;  /* an empty non-final piece: nothing to say */
+            return Py_BuildValue("(iNO)", EV_DATA, payload, final ? Py_True : Py_False);
+        }
+
+        /* a frame header */
+        if (avail < 2)
+            Py_RETURN_NONE;
+        const uint8_t *h = base + r->pos;
+        int fin = (h[0] & 0x80) != 0;
+        int rsv = (h[0] >> 4) & 7;
+        int opcode = h[0] & 0x0F;
+        int masked = (h[1] & 0x80) != 0;
+        int len1 = h[1] & 0x7F;
+        Py_ssize_t hlen = 2 + (len1 == 126 ? 2 : len1 == 127 ? 8 : 0) + (masked ? 4 : 0);
+        /* What Autobahn rejects from the first two bytes, it rejects on every read
+         * until the whole header is there (and a second rejection drops the
+         * connection): hand it these bytes as early as it would see them. */
+        int bad = masked != r->masked || (rsv != 0 && !(rsv == 4 && r->rsv1_ok));
+        if (opcode >= 8)
+            bad = bad || !fin || len1 > 125 || opcode > 10 || (opcode == 8 && len1 == 1) || rsv != 0;
+        else
+            bad = bad || opcode > 2 || (opcode == 0) != (r->inside != 0) || (opcode == 0 && rsv != 0);
+        if (bad)
+            return ev1(EV_HANDOFF);
+        if (avail < hlen)
+            Py_RETURN_NONE;
+        if (rsv != 0 || opcode == 8)
+            return ev1(EV_HANDOFF);  /* a compressed message, a close: Autobahn's */
+        uint64_t length = len1;
+        const uint8_t *p = h + 2;
+        if (len1 == 126) {
+            length = ((uint64_t)p[0] << 8) | p[1];
+            if (length < 126)
+                return ev1(EV_HANDOFF);
+            p += 2;
+        } else if (len1 == 127) {
+            length = 0;
+            for (int k = 0; k < 8; k++)
+                length = (length << 8) | p[k];
+            if (length < 65536 || length > 0x7FFFFFFFFFFFFFFFULL)
+                return ev1(EV_HANDOFF);
+            p += 8;
+        }
+        if (opcode >= 8) {
+            if ((uint64_t)(avail - hlen) < length)
+                Py_RETURN_NONE;  /* a control frame is delivered whole */
+            PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
             if (!payload)
                 return NULL;
+            if (masked)
+                xor_mask((uint8_t *)PyBytes_AS_STRING(payload), p + 4, (Py_ssize_t)length, p, 0);
+            else
+                memcpy(PyBytes_AS_STRING(payload), p, (size_t)length);
+            r->pos += hlen + (Py_ssize_t)length;
+            return Py_BuildValue("(iN)", opcode == 9 ? EV_PING : EV_PONG, payload);
         }
-        r->pos += n;
-        r->pointer += n;
-        r->received += n;
-        if (last) {
-            r->in_frame = 0;
-            if (r->fin)
-                r->inside = 0;
-        }
-        if (payload == NULL)
-            return Reader_next(r, NULL);  /* an empty non-final piece: nothing to say */
-        return Py_BuildValue("(iNO)", EV_DATA, payload, final ? Py_True : Py_False);
-    }
-
-    /* a frame header */
-    if (avail < 2)
-        Py_RETURN_NONE;
-    const uint8_t *h = base + r->pos;
-    int fin = (h[0] & 0x80) != 0;
-    int rsv = (h[0] >> 4) & 7;
-    int opcode = h[0] & 0x0F;
-    int masked = (h[1] & 0x80) != 0;
-    int len1 = h[1] & 0x7F;
-    Py_ssize_t hlen = 2 + (len1 == 126 ? 2 : len1 == 127 ? 8 : 0) + (masked ? 4 : 0);
-    /* What Autobahn rejects from the first two bytes, it rejects on every read
-     * until the whole header is there (and a second rejection drops the
-     * connection): hand it these bytes as early as it would see them. */
-    int bad = masked != r->masked || (rsv != 0 && !(rsv == 4 && r->rsv1_ok));
-    if (opcode >= 8)
-        bad = bad || !fin || len1 > 125 || opcode > 10 || (opcode == 8 && len1 == 1) || rsv != 0;
-    else
-        bad = bad || opcode > 2 || (opcode == 0) != (r->inside != 0) || (opcode == 0 && rsv != 0);
-    if (bad)
-        return ev1(EV_HANDOFF);
-    if (avail < hlen)
-        Py_RETURN_NONE;
-    if (rsv != 0 || opcode == 8)
-        return ev1(EV_HANDOFF);  /* a compressed message, a close: Autobahn's */
-    uint64_t length = len1;
-    const uint8_t *p = h + 2;
-    if (len1 == 126) {
-        length = ((uint64_t)p[0] << 8) | p[1];
-        if (length < 126)
+        long long total = (opcode == 0 ? r->total : 0);
+        if (r->max_message > 0 && (length > (uint64_t)r->max_message ||
+                                   total + (long long)length > r->max_message))
             return ev1(EV_HANDOFF);
-        p += 2;
-    } else if (len1 == 127) {
-        length = 0;
-        for (int k = 0; k < 8; k++)
-            length = (length << 8) | p[k];
-        if (length < 65536 || length > 0x7FFFFFFFFFFFFFFFULL)
-            return ev1(EV_HANDOFF);
-        p += 8;
-    }
-    if (opcode >= 8) {
-        if ((uint64_t)(avail - hlen) < length)
-            Py_RETURN_NONE;  /* a control frame is delivered whole */
-        PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
-        if (!payload)
-            return NULL;
+        r->pos += hlen;
+        r->in_frame = 1;
+        r->opcode = opcode;
+        r->fin = fin;
+        r->length = length;
+        r->pointer = 0;
+        r->has_mask = masked;
         if (masked)
-            xor_mask((uint8_t *)PyBytes_AS_STRING(payload), p + 4, (Py_ssize_t)length, p, 0);
-        else
-            memcpy(PyBytes_AS_STRING(payload), p, (size_t)length);
-        r->pos += hlen + (Py_ssize_t)length;
-        return Py_BuildValue("(iN)", opcode == 9 ? EV_PING : EV_PONG, payload);
-    }
-    long long total = (opcode == 0 ? r->total : 0);
-    if (r->max_message > 0 && (length > (uint64_t)r->max_message ||
-                               total + (long long)length > r->max_message))
-        return ev1(EV_HANDOFF);
-    r->pos += hlen;
-    r->in_frame = 1;
-    r->opcode = opcode;
-    r->fin = fin;
-    r->length = length;
-    r->pointer = 0;
-    r->has_mask = masked;
-    if (masked)
-        memcpy(r->mask, p, 4);
-    r->total = total + (long long)length;
-    if (opcode != 0) {
-        r->inside = 1;
-        r->binary = opcode == 2;
-        r->received = 0;
-        memset(&r->utf8, 0, sizeof r->utf8);
-        return Py_BuildValue("(iO)", EV_BEGIN, r->binary ? Py_True : Py_False);
-    }
-    return Reader_next(r, NULL);
+            memcpy(r->mask, p, 4);
+        r->total = total + (long long)length;
+        if (opcode != 0) {
+            r->inside = 1;
+            r->binary = opcode == 2;
+            r->received = 0;
+            memset(&r->utf8, 0, sizeof r->utf8);
+            return Py_BuildValue("(iO)", EV_BEGIN, r->binary ? Py_True : Py_False);
+        }
+    }  /* a continuation frame: its payload next */
 }
 
 /* Give up the stream: (rest, inside_message, binary, total, utf8_pending or
