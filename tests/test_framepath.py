@@ -262,7 +262,9 @@ def _stream(draw: st.DrawFn, masked: bool, deflate: bool = False) -> tuple[bytes
     message = _message(masked, deflate)
     parts = draw(
         st.lists(
-            st.one_of(message, message, message, _odd_frame(masked)),
+            st.one_of(
+                message, message, message, _odd_frame(masked), st.binary(min_size=1, max_size=30)
+            ),
             min_size=1,
             max_size=6,
         )
