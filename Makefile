@@ -9,12 +9,14 @@ NPM_DIR := tests/node
 
 # A regular install (twistd finds the plugin the way users' installs do),
 # redone whenever the package's sources change.
-SOURCES := $(shell find wsgate twisted -name '*.py')
+SOURCES := $(shell find wsgate twisted -name '*.py' -o -name '*.c')
 
-$(VENV)/.installed: setup.cfg pyproject.toml $(SOURCES)
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q '.[test]'
+	# The compiled frame path beside the sources too, for tests run from the tree.
+	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 venv: $(VENV)/.installed

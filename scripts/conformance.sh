@@ -39,6 +39,8 @@
 #                        dir, number of tracebacks in wsgate.log)
 #   WSTEST_TIMEOUT       limit of the wstest/testee run in seconds (harness default 1800)
 #   WSGATE_ARGS          extra arguments for wsgate, split on spaces
+#   WSGATE_NO_EXTENSIONS 1: wsgate runs Autobahn's Python frame path (the label
+#                        gets /py); the log's "frame path:" line is printed
 #   WSGATE_VIA           cli (default): options on the command line; config: the
 #                        same settings from a TOML file ($R/wsgate.toml, --config)
 #
@@ -213,6 +215,9 @@ if ! GPORT=$(wait_for_line "$GPID" "$R/wsgate.log" 's/.* starting on \([0-9][0-9
   exit 2
 fi
 echo "conformance: wsgate pid $GPID listening on ws://127.0.0.1:$GPORT -> ws://127.0.0.1:$BPORT"
+# Which frame path wsgate runs (WSGATE_NO_EXTENSIONS=1 in the environment: Autobahn's).
+FRAME_PATH=$(sed -n 's/.*frame path: \([a-z]*\).*/\1/p' "$R/wsgate.log" | head -n 1)
+echo "conformance: $(grep -m 1 -o 'frame path: .*' "$R/wsgate.log" || echo 'frame path: not logged')"
 
 # ---- the run ----------------------------------------------------------------
 START=$(date +%s.%N)
@@ -256,6 +261,7 @@ if [ -s "$R/index.json" ]; then
 fi
 LABEL=$MIX
 [ "${WSGATE_VIA:-cli}" = config ] && LABEL="$MIX/cfg"
+[ "$FRAME_PATH" = python ] && LABEL="$LABEL/py"
 echo "conformance: $DIRECTION $LABEL exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
 if [ -n "${CONFORMANCE_RESULTS:-}" ]; then
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$LABEL" "$CASES" "${EXCLUDE:--}" \

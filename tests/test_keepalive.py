@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +190,29 @@ def test_a_frozen_backend_is_detected_and_the_client_gets_1011(wsgate: GateFacto
             assert proc.stdout is not None
             assert (await proc.stdout.readline()).strip() == b"ready"
             async with client(gate.url, ping_interval=None) as ws:
-                await ws.send(b"x")  # the backend is in the middle of its message
+                # The first fragment of a message that never ends: the sink
+                # backend waits in the middle of it (a whole message would let
+                # it finish and close 1000 before the SIGSTOP lands).
+                started = asyncio.Event()
+
+                async def fragments() -> AsyncIterator[bytes]:
+                    yield b"x"
+                    started.set()
+                    await asyncio.Event().wait()
+                    yield b""  # pragma: no cover - never reached
+
+                sending = asyncio.create_task(ws.send(fragments()))
+                await started.wait()
                 proc.send_signal(signal.SIGSTOP)
                 frozen = time.monotonic()
-                async with asyncio.timeout(TIMEOUT):
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.recv()
+                try:
+                    async with asyncio.timeout(TIMEOUT):
+                        with contextlib.suppress(ConnectionClosed):
+                            await ws.recv()
+                finally:
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        await sending
                 took = time.monotonic() - frozen
                 assert ws.close_code is not None
                 return ws.close_code, took

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket import protocol as _autobahn
+from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
+from autobahn.websocket.xormasker import XorMaskerNull
 
-from wsgate import _sockets, _speedups
+from wsgate import _framepath, _sockets, _speedups
 from wsgate._closecodes import (
     ABNORMAL,
     BAD_GATEWAY,
@@ -79,11 +81,21 @@ class RelayedLeg(TransportLeg):
     #: Bytes read from and written to this leg's socket (metrics).
     wire_in: int = 0
     wire_out: int = 0
+    #: The compiled frame path (``wsgate._framecore``), or None for Autobahn's
+    #: parser and ``sendFrame`` (tests set it per leg).
+    _core: Any = _framepath.CORE
+    #: This leg's compiled reader, made when the leg first reads while open.
+    _reader: Any = None
+    #: Whether the compiled reader holds the stream (else Autobahn's parser:
+    #: before the leg opens, after a hand-off until the next message, closing).
+    _compiled_reads: bool = False
 
     # Provided by the Autobahn protocol class this is mixed into.
     state: int
     current_frame: Any
     current_frame_masker: Any
+    inside_message: bool
+    data: bytes
     _perMessageCompress: Any
     failedByMe: bool
     wasClean: bool
@@ -214,7 +226,15 @@ class RelayedLeg(TransportLeg):
             opcode, rsv = self._out_opcode, (4 if pmc is not None else 0)
         else:
             opcode, rsv = 0, 0
-        self.sendFrame(opcode=opcode, payload=payload, fin=final, rsv=rsv)  # type: ignore[attr-defined]
+        self._send_frame(opcode, payload, final, rsv)
+
+    def _send_frame(self, opcode: int, payload: bytes, fin: bool, rsv: int) -> None:
+        core = self._core
+        if core is None:
+            self.sendFrame(opcode=opcode, payload=payload, fin=fin, rsv=rsv)  # type: ignore[attr-defined]
+            return
+        masked = self.maskServerFrames if self.factory.isServer else self.maskClientFrames  # type: ignore[attr-defined]
+        self.sendData(core.frame(opcode, payload, fin, rsv, masked))
 
     def send_close(self, close: Close) -> None:
         if self.state == _OPEN:
@@ -354,7 +374,102 @@ class RelayedLeg(TransportLeg):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
         self.wire_in += len(data)
-        self._dataReceived(data)  # type: ignore[attr-defined]
+        if self._compiled_reads:
+            self._reader.feed(data)
+            self._read_compiled()
+        else:
+            self._dataReceived(data)  # type: ignore[attr-defined]
+
+    # -- the compiled frame path -------------------------------------------------
+
+    def consumeData(self) -> None:
+        # Autobahn's parser: the handshake, and the stream while the compiled
+        # reader has handed it over; back to the reader at a message boundary.
+        super().consumeData()  # type: ignore[misc]
+        if self._core is not None and self._may_read_compiled():
+            self._read_compiled()
+
+    def _may_read_compiled(self) -> bool:
+        """Take the stream from Autobahn's parser if it is between messages
+        on an open leg that has not failed; say whether it was taken."""
+        if not (
+            self.state == _OPEN
+            and self.relay is not None
+            and self._held is None
+            and not self.failedByMe
+            and self.current_frame is None
+            and not self.inside_message
+        ):
+            return False
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = self._core.Reader(
+                self.factory.isServer,
+                self.maxMessagePayloadSize,  # type: ignore[attr-defined]
+                self.utf8validateIncoming,  # type: ignore[attr-defined]
+                self._perMessageCompress is not None,
+            )
+        self._compiled_reads = True
+        data, self.data = self.data, b""
+        if data:
+            reader.feed(data)
+        return True
+
+    def _read_compiled(self) -> None:
+        """Dispatch what the compiled reader found; when it meets anything but
+        the plain case, or this leg stops being open, Autobahn's parser takes
+        the stream from that very byte, with the message's state."""
+        reader = self._reader
+        relay = self.relay
+        side = self.side
+        while True:
+            event = reader.next()
+            if event is None:
+                return
+            kind = event[0]
+            if kind == 1:
+                relay.message_data(side, event[1], event[2])  # type: ignore[union-attr]
+            elif kind == 0:
+                self.onMessageBegin(event[1])
+            elif kind == 2:
+                self._onPing(event[1])  # type: ignore[attr-defined]
+            elif kind == 3:
+                self._onPong(event[1])  # type: ignore[attr-defined]
+            if kind == 4 or self.state != _OPEN or self._held is not None or self.failedByMe:
+                self._hand_off(reader)
+                super().consumeData()  # type: ignore[misc]
+                if not (self._core is not None and self._may_read_compiled()):
+                    return
+
+    def _hand_off(self, reader: Any) -> None:
+        """Give Autobahn's parser the unread bytes and the state it would have
+        reached itself."""
+        rest, inside, binary, total, pending, frame, received = reader.handoff()
+        self._compiled_reads = False
+        self.data = rest
+        self.inside_message = inside
+        me: Any = self
+        if inside:
+            me.message_is_binary = binary
+            me.message_data_total_length = total
+            me._isMessageCompressed = False
+            me.utf8validateIncomingCurrentMessage = pending is not None
+            if pending is not None:
+                me.utf8validateLast = _resume_validator(me.utf8validator, received, pending)
+        if frame is None:
+            self.current_frame = None
+            return
+        opcode, fin, length, mask, pointer = frame
+        self.current_frame = FrameHeader(opcode, fin, 0, length, mask)
+        ab: Any = _autobahn  # its module globals (the speed-ups may have replaced the masker)
+        masker = ab.create_xor_masker(mask, length) if mask is not None else XorMaskerNull()
+        while pointer > 0:  # to where the reader stopped (a failure path only)
+            step = min(pointer, 65536)
+            masker.process(bytes(step))
+            pointer -= step
+        self.current_frame_masker = masker
+        me.frame_data = []
+        me.frame_length = length
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.wire_out += len(data)
@@ -362,6 +477,23 @@ class RelayedLeg(TransportLeg):
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
             _speedups.write(self.transport, data)
+
+
+def _resume_validator(validator: Any, received: int, pending: bytes) -> Any:
+    """Bring Autobahn's UTF-8 validator to where the compiled reader stopped:
+    ``received`` bytes of the message read, ``pending`` the start of a code
+    point still open (its error messages count octets from the message's
+    start; a failure path only)."""
+    validator.reset()
+    last = (True, True, 0, 0)
+    valid = received - len(pending)
+    while valid > 0:
+        step = min(valid, 65536)
+        last = validator.validate(b"a" * step)
+        valid -= step
+    if pending:
+        last = validator.validate(pending)
+    return last
 
 
 def leg_options(config: RouteSettings) -> dict[str, Any]:

@@ -354,11 +354,12 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon, _process, _speedups
+    from wsgate import _daemon, _framepath, _process, _speedups
 
     _daemon.watch()
     # Here, not in Gateway: the shortcuts change process-wide state (Autobahn's
     # module, the reactor's loop), which is the program's to decide; tests and
     # embedders that build a Gateway keep the plain path.
     _speedups.install(reactor)
+    _framepath.log_choice()
     return _process.build(options["config"], reactor)

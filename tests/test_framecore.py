@@ -1,0 +1,119 @@
+"""The C functions of the compiled frame path (wsgate/_framecore.c) against
+RFC 6455's examples and known UTF-8 vectors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+framecore = pytest.importorskip("wsgate._framecore", reason="wsgate._framecore not built")
+
+
+def test_frame_builds_rfc6455_examples() -> None:
+    """RFC 6455 5.7: an unmasked "Hello", a fragmented one, a ping, and the
+    length encodings of 256 bytes and 64 KiB."""
+    assert framecore.frame(1, b"Hello", True, 0, False) == bytes.fromhex("810548656c6c6f")
+    assert framecore.frame(1, b"Hel", False, 0, False) == bytes.fromhex("010348656c")
+    assert framecore.frame(0, b"lo", True, 0, False) == bytes.fromhex("80026c6f")
+    assert framecore.frame(9, b"Hello", True, 0, False) == bytes.fromhex("890548656c6c6f")
+    assert framecore.frame(2, bytes(256), True, 0, False)[:4] == bytes.fromhex("827e0100")
+    big = framecore.frame(2, bytes(65536), True, 0, False)
+    assert big[:10] == bytes.fromhex("827f0000000000010000") and len(big) == 65546
+    assert framecore.frame(1, b"x", True, 4, False)[:1] == b"\xc1"  # RSV1: compressed
+
+
+def test_frame_masks_with_a_fresh_mask() -> None:
+    frames = [framecore.frame(1, b"Hello", True, 0, True) for _ in range(4)]
+    for data in frames:
+        assert data[:2] == b"\x81\x85"
+        mask = data[2:6]
+        assert bytes(b ^ mask[i % 4] for i, b in enumerate(data[6:])) == b"Hello"
+    assert len({data[2:6] for data in frames}) > 1
+
+
+def test_reader_reads_rfc6455_examples() -> None:
+    """A masked "Hello" (the RFC's own bytes) and a fragmented unmasked one."""
+    reader = framecore.Reader(True)
+    reader.feed(bytes.fromhex("818537fa213d7f9f4d5158"))
+    assert reader.next() == (0, False)
+    assert reader.next() == (1, b"Hello", True)
+    assert reader.next() is None
+    reader = framecore.Reader(False)
+    reader.feed(bytes.fromhex("010348656c") + bytes.fromhex("89") + b"\x00" + b"\x80\x02lo")
+    assert reader.next() == (0, False)
+    assert reader.next() == (1, b"Hel", False)
+    assert reader.next() == (2, b"")  # a ping between the fragments
+    assert reader.next() == (1, b"lo", True)
+    assert reader.next() is None
+
+
+def test_reader_hands_off_what_is_not_plain() -> None:
+    """A close frame, a compressed frame, an unmasked client frame, a bad
+    opcode, a message over the limit: the reader stops before them."""
+    for data in (b"\x88\x02\x03\xe8", b"\xc1\x01x", b"\x83\x00", b"\x82\x7e\x00\x10" + bytes(16)):
+        reader = framecore.Reader(False, 10)
+        reader.feed(data)
+        assert reader.next() == (4,), data
+        rest, inside, *_ = reader.handoff()
+        assert (rest, inside) == (data, False)
+    reader = framecore.Reader(True)
+    reader.feed(b"\x81\x01x")
+    assert reader.next() == (4,)
+
+
+def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
+    """The first fragment ends inside a code point; the second breaks it: the
+    reader hands over before the second, with the pending byte."""
+    euro = "€".encode()
+    reader = framecore.Reader(False)
+    reader.feed(b"\x01\x02a" + euro[:1] + b"\x80\x01\x41")
+    assert reader.next() == (0, False)
+    assert reader.next() == (1, b"a" + euro[:1], False)
+    assert reader.next() == (4,)
+    assert reader.handoff() == (b"A", True, False, 3, euro[:1], (0, True, 1, None, 0), 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "verdict"),
+    [
+        ("κόσμε".encode(), (True, True)),
+        (b"\xce", (True, False)),
+        (b"\xed\xa0\x80", (False, False)),  # a surrogate
+        (b"\xf4\x90\x80\x80", (False, False)),  # past U+10FFFF
+        (b"\xc0\xaf", (False, False)),  # overlong
+        (b"\xf0\x9f\x98\x80" * 3 + b"ascii run of more than eight bytes", (True, True)),
+        (b"\xff", (False, False)),
+    ],
+)
+def test_utf8_vectors(data: bytes, verdict: tuple[bool, bool]) -> None:
+    assert framecore.utf8_valid(data) == verdict
+
+
+def test_many_empty_frames_in_one_read() -> None:
+    """50,000 empty continuation frames in one read: the reader loops, it does
+    not recurse (a masked text message's validation buffer is on the stack)."""
+    reader = framecore.Reader(True)
+    empty = b"\x00\x80" + bytes(4)
+    reader.feed(b"\x01\x80" + bytes(4) + empty * 50_000 + b"\x80\x81" + bytes(4) + b"x")
+    assert reader.next() == (0, False)
+    assert reader.next() == (1, b"x", True)
+    assert reader.next() is None
+
+
+def test_a_drained_reader_lets_go_of_its_read() -> None:
+    """An idle leg keeps no buffer: once everything is read, the reader drops
+    its reference to the last bytes it was fed."""
+    reader = framecore.Reader(False)
+    data = b"\x82\x7e\x01\x00" + bytes(256)
+    before = sys.getrefcount(data)
+    reader.feed(data)
+    assert sys.getrefcount(data) == before + 1
+    assert reader.next() == (0, True)
+    assert reader.next() == (1, bytes(256), True)
+    assert reader.next() is None
+    assert sys.getrefcount(data) == before
+    reader.feed(b"\x82\x00")  # a zero-length frame ending the read still ends its message
+    assert reader.next() == (0, True)
+    assert reader.next() == (1, b"", True)
+    assert reader.next() is None
