@@ -200,6 +200,9 @@ def test_a_worker_that_dies_is_started_again(wsgate: GateFactory) -> None:
 
 
 def test_sigterm_drains_every_worker_and_exits_0(wsgate: GateFactory) -> None:
+    """SIGTERM to every process of the tree (as a terminal's Ctrl-C or
+    systemd's default KillMode do) and the supervisor's own request to the
+    workers are one drain, without tracebacks."""
     port = free_port()
     gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--workers", "2")
     assert gate.proc is not None
@@ -208,6 +211,8 @@ def test_sigterm_drains_every_worker_and_exits_0(wsgate: GateFactory) -> None:
     async def main() -> tuple[list[int | None], int]:
         async with backend(port):
             held = await hold_until_both_workers(gate)
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
             gate.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             codes = []
             for ws in held:
@@ -223,6 +228,7 @@ def test_sigterm_drains_every_worker_and_exits_0(wsgate: GateFactory) -> None:
     log = gate.log()
     assert "draining: 2 worker(s) asked to drain" in log
     assert len(re.findall(r"drained: \d+ connection\(s\) closed, 0 dropped", log)) == 2
+    assert "Traceback" not in log
     assert not any(alive(pid) for pid in pids)
 
 

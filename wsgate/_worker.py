@@ -202,6 +202,14 @@ def main() -> int:
     worker.channel = _control.Channel(worker.handle, worker.lost)
     _control.adopt(reactor, control, worker.channel)
     reactor.addSystemEventTrigger("before", "shutdown", process.stopService)
+
+    def own_signals() -> None:
+        # SIGTERM from systemd or a terminal to the whole tree, and the
+        # supervisor's "stop", are one request to drain, not two.
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda n, f: reactor.callFromThread(worker.stop))
+
+    reactor.callWhenRunning(own_signals)
     reactor.run()
     return 0
 
