@@ -39,6 +39,8 @@
 #                        dir, number of tracebacks in wsgate.log)
 #   WSTEST_TIMEOUT       limit of the wstest/testee run in seconds (harness default 1800)
 #   WSGATE_ARGS          extra arguments for wsgate, split on spaces
+#   WSGATE_WORKERS       worker processes (--workers, or workers = N in the
+#                        config file; default 1: one process, no supervisor)
 #   WSGATE_VIA           cli (default): options on the command line; config: the
 #                        same settings from a TOML file ($R/wsgate.toml, --config)
 #
@@ -174,6 +176,8 @@ if [ "${WSGATE_VIA:-cli}" = config ]; then
   # The same setup from a configuration file (the --config path), with a
   # second listener and route beside it so the run goes through real routing.
   cat >"$R/wsgate.toml" <<TOML
+workers = ${WSGATE_WORKERS:-1}
+
 [defaults]
 client_deflate = "$CLIENT_DEFLATE"
 backend_deflate = "$BACKEND_DEFLATE"
@@ -198,7 +202,8 @@ TOML
 else
   GATE_ARGS=(--listen tcp:0:interface=127.0.0.1
     --backend "ws://127.0.0.1:$BPORT"
-    --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE")
+    --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE"
+    --workers "${WSGATE_WORKERS:-1}")
 fi
 GATE_CMD=("$GATE_PY" -c 'from twisted.scripts.twistd import run; run()'
   -n --pidfile= wsgate "${GATE_ARGS[@]}" "${EXTRA[@]}")
@@ -256,6 +261,7 @@ if [ -s "$R/index.json" ]; then
 fi
 LABEL=$MIX
 [ "${WSGATE_VIA:-cli}" = config ] && LABEL="$MIX/cfg"
+[ "${WSGATE_WORKERS:-1}" = 1 ] || LABEL="$LABEL/w${WSGATE_WORKERS}"
 echo "conformance: $DIRECTION $LABEL exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
 if [ -n "${CONFORMANCE_RESULTS:-}" ]; then
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$LABEL" "$CASES" "${EXCLUDE:--}" \
