@@ -415,3 +415,48 @@ def test_systemd_sockets_are_served_by_the_workers(tmp_path: Path) -> None:
     assert "workers: 2 started" in text
     assert re.search(r"worker \d\] open ", text), text
     assert proc.returncode == 0
+
+
+_ONLY_IN_TWISTD = """
+import sys
+
+from zope.interface import implementer
+
+from wsgate.interfaces import IAuthenticator
+
+
+@implementer(IAuthenticator)
+class Auth:
+    def __init__(self) -> None:
+        # The supervisor (twistd) checks the configuration; its workers fail.
+        if "twisted.scripts.twistd" not in sys.modules:
+            raise RuntimeError("cannot read /etc/secret")
+
+    def authenticate(self, request):
+        return None
+"""
+
+
+def _workers_of(marker: str) -> list[int]:
+    """Worker processes still running whose arguments contain ``marker``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+                if b"wsgate._worker" in cmdline and marker.encode() in cmdline:
+                    found.append(int(name))
+    return found
+
+
+def test_a_worker_that_cannot_start_stops_the_whole_service(tmp_path: Path) -> None:
+    (tmp_path / "onlyparent.py").write_text(_ONLY_IN_TWISTD)
+    backend_url = f"ws://127.0.0.1:{free_port()}"
+    gate = Wsgate("--backend", backend_url, "--workers", "2", "--auth", "onlyparent:Auth")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run(gate.command(), capture_output=True, timeout=TIMEOUT * 3, env=env)
+    assert done.returncode == 1
+    out = done.stdout.decode() + done.stderr.decode()
+    assert re.search(r"wsgate: worker [12] of 2 could not start: RuntimeError: cannot read", out)
+    assert "workers: 2 started" not in out
+    assert _workers_of(backend_url) == []
