@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -401,6 +402,13 @@ class Supervisor(service.MultiService):
                 )
                 return False
         self._ports.update(bound)
+        if config.workers != self.config.workers:
+            _log.warn(
+                "reload: workers = {wanted} takes effect at the next start; {running} run now",
+                wanted=config.workers,
+                running=self.config.workers,
+            )
+            config = replace(config, workers=self.config.workers)
         self.config = config
         passed = [(d, port.fileno()) for d, port in bound.items() if port is not None]
         workers = list(self._workers.values())
@@ -418,8 +426,11 @@ class Supervisor(service.MultiService):
         ]
         self._ports = {d: port for d, port in self._ports.items() if d in wanted}
         await defer.gatherResults(closing)
+        # None: the worker was (re)starting; it reads the new file as it starts.
         refused = [
-            w.number for w, a in zip(workers, answers, strict=True) if not (a or {}).get("ok")
+            w.number
+            for w, a in zip(workers, answers, strict=True)
+            if a is not None and not a.get("ok")
         ]
         if refused:
             _log.error(
