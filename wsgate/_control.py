@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import protocol
@@ -44,7 +44,7 @@ class Channel(LineReceiver):
         fds, self._fds = self._fds[:count], self._fds[count:]
         self._handle(message, fds)
 
-    def send(self, message: dict[str, Any], fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
         """Send ``message``; with ``fds``, list their endpoints in ``message["fds"]``."""
         for fd in fds:
             self.transport.sendFileDescriptor(fd)  # type: ignore[union-attr]

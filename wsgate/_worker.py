@@ -14,6 +14,7 @@ the supervisor as JSON on stdout; it logs them with the worker's number.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ class _OneAtATime:
         pass
 
 
+@functools.cache
 def _ports() -> tuple[Any, Any]:
     from twisted.internet import tcp, unix
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -193,7 +194,7 @@ class _Worker(protocol.ProcessProtocol):
         for d in waiting.values():
             d.callback(None)
 
-    def ask(self, message: dict[str, Any], fds: list[int] = ()) -> defer.Deferred[Any]:  # type: ignore[assignment]
+    def ask(self, message: dict[str, Any], fds: Sequence[int] = ()) -> defer.Deferred[Any]:
         """Send a request; fires with the worker's answer, or None if it went away."""
         if self.channel is None or not self.ready:
             return defer.succeed(None)
