@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -460,3 +461,20 @@ def test_a_worker_that_cannot_start_stops_the_whole_service(tmp_path: Path) -> N
     assert re.search(r"wsgate: worker [12] of 2 could not start: RuntimeError: cannot read", out)
     assert "workers: 2 started" not in out
     assert _workers_of(backend_url) == []
+
+
+def test_the_pid_file_names_the_supervisor(tmp_path: Path) -> None:
+    pidfile = tmp_path / "twistd.pid"
+    gate = Wsgate("--backend", "ws://127.0.0.1:9", "--workers", "2", log_path=tmp_path / "log")
+    run = "from twisted.scripts.twistd import run; run()"
+    command = [sys.executable, "-c", run, "-n", f"--pidfile={pidfile}", "wsgate", *gate.args]
+    with open(tmp_path / "log", "wb") as out:
+        gate.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(gate.port, proc=gate.proc)
+            workers = worker_pids(gate)
+            assert int(pidfile.read_text()) == gate.proc.pid
+            assert gate.proc.pid not in workers
+        finally:
+            assert gate.stop() == 0
+    assert not pidfile.exists()
