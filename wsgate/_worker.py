@@ -27,7 +27,10 @@ class _OneAtATime:
     """Accept one connection per wake-up (nginx's default, ``multi_accept
     off``). Every worker waits on the same socket; Twisted's port accepts up
     to 100 at once, so the first worker to wake would take a whole burst
-    while the others find the queue empty."""
+    while the others find the queue empty. (Not EPOLLEXCLUSIVE, which saves
+    the other workers' wake-ups: it wakes the same idle worker each time,
+    and a WebSocket connection stays with the worker that accepted it, so
+    one worker ended up with 60 connections of 60 and all their traffic.)"""
 
     @property
     def numberAccepts(self) -> int:
