@@ -18,7 +18,7 @@ from urllib.request import urlopen
 
 import pytest
 from peers import TIMEOUT, backend, client
-from rawws import upgrade_request
+from rawws import raw_handshake, upgrade_request
 from websockets.exceptions import ConnectionClosed
 
 from wsgate._config import ConfigError, parse_workers
@@ -478,3 +478,37 @@ def test_the_pid_file_names_the_supervisor(tmp_path: Path) -> None:
         finally:
             assert gate.stop() == 0
     assert not pidfile.exists()
+
+
+def test_the_supervisors_stop_and_a_signal_to_each_worker_are_one_drain(
+    wsgate: GateFactory,
+) -> None:
+    """systemd's default KillMode signals every process of the unit: the
+    supervisor's request to drain may reach a worker before the signal does,
+    and that signal must not count as a second one (which drops everything)."""
+    port = free_port()
+    # Clients that never answer the close keep each drain going for 3 s.
+    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--workers", "2", "--close-timeout", "3")
+    assert gate.proc is not None
+    pids = worker_pids(gate)
+
+    async def main() -> int:
+        async with backend(port) as state:
+            raw = [await raw_handshake(gate.port) for _ in range(8)]
+            await state.wait_seen(8)
+            gate.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await wait_for_line(gate, r"draining: 2 worker\(s\) asked to drain")
+            await wait_for_line(gate, r"worker \d\] draining: listeners closed")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            code = await asyncio.to_thread(gate.proc.wait, TIMEOUT)  # type: ignore[union-attr]
+            for _, writer in raw:
+                writer.close()
+            return code
+
+    assert asyncio.run(main()) == 0
+    log = gate.log()
+    assert "second signal" not in log
+    drained = re.findall(r"drained: (\d+) connection\(s\) closed, (\d+) dropped", log)
+    assert len(drained) == 2 and sum(int(closed) for closed, _ in drained) == 8, drained

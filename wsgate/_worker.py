@@ -22,6 +22,10 @@ import socket
 import sys
 from typing import Any, cast
 
+# Not twisted.internet.endpoints: it reads systemd's LISTEN_PID when it loads,
+# and main() sets that first.
+from twisted.logger import Logger
+
 
 class _OneAtATime:
     """Accept one connection per wake-up (nginx's default, ``multi_accept
@@ -97,6 +101,9 @@ class _Adopting:
         return self._adopt(factory)
 
 
+_log = Logger(namespace="wsgate")
+
+
 class Worker:
     """The worker's side of the control socket."""
 
@@ -106,6 +113,8 @@ class Worker:
         self.process: Any = None
         self.channel: Any = None
         self._stopping = False
+        #: A signal asked for the drain (or came after the supervisor's request).
+        self._signalled = False
 
     def endpoint(self, description: str) -> Any:
         from twisted.internet import endpoints
@@ -157,6 +166,21 @@ class Worker:
         with contextlib.suppress(ReactorNotRunning):
             self._reactor.stop()
 
+    def on_signal(self) -> None:
+        """SIGTERM or SIGINT, from systemd or a terminal to every process of
+        the tree: the supervisor's request and this signal are one drain,
+        whichever came first; only a signal after that drops everything."""
+        if not self._stopping or not self._signalled:
+            self._signalled = True
+            self.stop()
+            return
+        left = self.process.connections.drop_all()
+        _log.warn("draining: second signal, {count} connection(s) dropped", count=left)
+
+    def own_signals(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda n, f: self._reactor.callFromThread(self.on_signal))
+
     def lost(self) -> None:
         """The supervisor is gone: drain and go too."""
         self.stop()
@@ -206,15 +230,14 @@ def main() -> int:
     _control.say(control, {"ready": True})
     worker.channel = _control.Channel(worker.handle, worker.lost)
     _control.adopt(reactor, control, worker.channel)
-    reactor.addSystemEventTrigger("before", "shutdown", process.stopService)
 
-    def own_signals() -> None:
-        # SIGTERM from systemd or a terminal to the whole tree, and the
-        # supervisor's "stop", are one request to drain, not two.
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, lambda n, f: reactor.callFromThread(worker.stop))
+    def stopping() -> Any:
+        draining = process.stopService()
+        worker.own_signals()  # back from the drain's own second-signal handler
+        return draining
 
-    reactor.callWhenRunning(own_signals)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    reactor.callWhenRunning(worker.own_signals)
     reactor.run()
     return 0
 
