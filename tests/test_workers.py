@@ -22,7 +22,7 @@ from rawws import raw_handshake, upgrade_request
 from websockets.exceptions import ConnectionClosed
 
 from wsgate._config import ConfigError, parse_workers
-from wsgate._gathered import merge, page
+from wsgate._gathered import merge, page, retire
 from wsgate.testing import GateFactory, TlsFiles, Wsgate, free_port, wait_for_port
 
 HANDSHAKE = upgrade_request(b"/e", b"gw.example")
@@ -68,8 +68,8 @@ def test_a_bad_workers_key_names_the_file(tmp_path: Path) -> None:
 
 def test_metrics_of_the_workers_are_summed() -> None:
     one = (
-        "# HELP wsgate_connections WebSocket connections opened.\n"
-        "# TYPE wsgate_connections counter\n"
+        "# HELP wsgate_connections_total WebSocket connections opened.\n"
+        "# TYPE wsgate_connections_total counter\n"
         'wsgate_connections_total{route="a"} 3.0\n'
         "# HELP wsgate_draining 1 once a drain (SIGTERM) started.\n"
         "# TYPE wsgate_draining gauge\n"
@@ -78,8 +78,8 @@ def test_metrics_of_the_workers_are_summed() -> None:
         "# TYPE process_start_time_seconds gauge\n"
         "process_start_time_seconds 200.0\n"
     )
-    two = one.replace(" 3.0", " 4.0").replace("draining 0.0", "draining 1.0")
-    two = two.replace("200.0", "100.0") + 'wsgate_connections_total{route="b"} 1.0\n'
+    two = one.replace(" 3.0\n", ' 4.0\nwsgate_connections_total{route="b"} 1.0\n')
+    two = two.replace("draining 0.0", "draining 1.0").replace("200.0", "100.0")
     families = {f.name: f for f in merge([one, two])}
     samples = {
         (s.name, tuple(s.labels.items())): s.value for f in families.values() for s in f.samples
@@ -91,6 +91,13 @@ def test_metrics_of_the_workers_are_summed() -> None:
         ("process_start_time_seconds", ()): 100.0,
     }
     assert b"wsgate_workers 2.0" in page([one, two])
+    # A worker that ended leaves its counters (not its gauges) in the sums.
+    retired = retire(retire("", one), two)
+    assert "wsgate_draining" not in retired and "process_start_time" not in retired
+    text = page([one], retired).decode()
+    assert 'wsgate_connections_total{route="a"} 10.0' in text
+    assert 'wsgate_connections_total{route="b"} 1.0' in text
+    assert "wsgate_draining 0.0" in text and "wsgate_workers 1.0" in text
 
 
 # -- helpers --------------------------------------------------------------------
@@ -179,22 +186,31 @@ def test_connections_spread_over_the_workers_and_metrics_sum_them(wsgate: GateFa
 
 
 def test_a_worker_that_dies_is_started_again(wsgate: GateFactory) -> None:
-    port = free_port()
-    gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--workers", "2")
+    port, metrics = free_port(), free_port()
+    gate = wsgate(
+        *("--backend", f"ws://127.0.0.1:{port}", "--workers", "2"),
+        *("--metrics", f"tcp:{metrics}:interface=127.0.0.1"),
+    )
     assert gate.proc is not None
     first, second = worker_pids(gate)
-    os.kill(first, signal.SIGKILL)
+    opened = 'wsgate_connections_total{route="--backend"}'
 
-    async def main() -> int:
-        found = await wait_for_line(gate, r"worker 1 \(pid (\d+)\) started")
+    async def main() -> tuple[int, int]:
         async with backend(port):
+            for ws in await hold_until_both_workers(gate):
+                await ws.close()  # type: ignore[attr-defined]
+            before = int(scrape(metrics)[opened])
+            os.kill(first, signal.SIGKILL)
+            found = await wait_for_line(gate, r"worker 1 \(pid (\d+)\) started")
             for _ in range(4):
                 async with client(gate.url + "/e") as ws:
                     await ws.send("again")
                     assert await ws.recv() == "again"
-        return int(found.group(1))
+        # The dead worker's count stays in the sum: it never falls.
+        assert scrape(metrics)[opened] == before + 4
+        return int(found.group(1)), before
 
-    replacement = asyncio.run(main())
+    replacement, _ = asyncio.run(main())
     assert replacement not in (first, second) and alive(replacement) and alive(second)
     assert gate.proc.poll() is None
     assert re.search(rf"worker 1 \(pid {first}\) ended unexpectedly .*signal 9", gate.log())

@@ -4,11 +4,13 @@ Each worker keeps its own plain counters (``_tally``); at scrape time the
 supervisor asks each for its page over the control socket and adds the
 samples of equal name and labels. A few gauges are not sums: draining and
 backend health are the most of any worker, the start time the earliest.
+A worker that ended leaves its counters as last scraped (``retire``), so a
+restart does not make the sums fall (which Prometheus reads as a reset).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,16 +26,29 @@ from wsgate import _limits
 _MOST = frozenset({"wsgate_draining", "wsgate_backend_up", "process_max_fds"})
 _LEAST = frozenset({"process_start_time_seconds"})
 
-#: Asks every worker for its page; fires with the pages that came back.
-Gather = Callable[[], defer.Deferred[list[str]]]
+_COUNTING = frozenset({"counter", "histogram", "summary"})
+
+#: Asks every worker for its page; fires with the pages that came back and
+#: the counters of workers that ended (``retire``).
+Gather = Callable[[], defer.Deferred[tuple[list[str], str]]]
 
 
-def merge(pages: list[str]) -> list[Metric]:
-    """The metric families of ``pages`` with equal samples combined."""
+def retire(retired: str, page: str) -> str:
+    """``retired`` (a page of counters) with the counters of ``page`` added."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(_Merged(merge([], [retired, page]), None))  # type: ignore[arg-type]
+    return generate_latest(found).decode()
+
+
+def merge(pages: Sequence[str], retired: Sequence[str] = ()) -> list[Metric]:
+    """The metric families of ``pages`` with equal samples combined, and the
+    counters (only) of ``retired`` pages added."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for page in pages:
+    for page, counting in [*((p, False) for p in pages), *((p, True) for p in retired)]:
         for family in text_string_to_metric_families(page):
+            if counting and family.type not in _COUNTING:
+                continue
             if family.name not in families:
                 families[family.name] = Metric(family.name, family.documentation, family.type)
             table = values.setdefault(family.name, {})
@@ -55,12 +70,14 @@ def merge(pages: list[str]) -> list[Metric]:
 
 
 class _Merged:
-    def __init__(self, families: list[Metric], workers: int) -> None:
+    def __init__(self, families: list[Metric], workers: int | None) -> None:
         self._families = families
         self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
         yield from self._families
+        if self._workers is None:
+            return
         workers = Metric(
             "wsgate_workers", "Worker processes whose figures are in this page.", "gauge"
         )
@@ -68,10 +85,11 @@ class _Merged:
         yield workers
 
 
-def page(pages: list[str]) -> bytes:
-    """The exposition text of the sum of ``pages``."""
+def page(pages: list[str], retired: str = "") -> bytes:
+    """The exposition text of the sum of ``pages`` (and ``retired``'s counters)."""
     found = CollectorRegistry(auto_describe=False)
-    found.register(_Merged(merge(pages), len(pages)))  # type: ignore[arg-type]
+    merged = merge(pages, [retired] if retired else [])
+    found.register(_Merged(merged, len(pages)))  # type: ignore[arg-type]
     return generate_latest(found)
 
 
@@ -83,9 +101,9 @@ class _Page(Resource):
         self._gather = gather
 
     def render_GET(self, request: Request) -> Any:
-        def answer(pages: list[str]) -> None:
+        def answer(gathered: tuple[list[str], str]) -> None:
             request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-            request.write(page(pages))
+            request.write(page(*gathered))
             request.finish()
 
         self._gather().addCallback(answer)

@@ -132,6 +132,8 @@ class _Worker(protocol.ProcessProtocol):
         self.ready = False
         self.pid: int | None = None
         self._buffer = b""
+        #: Its metrics page as last scraped: its counters outlive it.
+        self.last_page = ""
         self._asked = 0
         self._waiting: dict[int, defer.Deferred[Any]] = {}
 
@@ -234,6 +236,8 @@ class Supervisor(service.MultiService):
         self._reloading = defer.DeferredLock()
         self._previous: dict[int, Any] = {}
         self._devnull = -1
+        #: Counters of workers that ended, as last scraped (``_gathered.retire``).
+        self._retired = ""
 
     # -- starting ---------------------------------------------------------------
 
@@ -319,6 +323,10 @@ class Supervisor(service.MultiService):
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.number) is worker:
             del self._workers[worker.number]
+        if worker.last_page:
+            from wsgate._gathered import retire
+
+            self._retired = retire(self._retired, worker.last_page)
         if self._stopping:
             _log.info(
                 "worker {number} (pid {pid}) exited: {why}",
@@ -345,16 +353,27 @@ class Supervisor(service.MultiService):
 
     # -- metrics ----------------------------------------------------------------
 
-    def gather(self) -> defer.Deferred[list[str]]:
-        """Every started worker's metrics page (those that answer in time)."""
+    def gather(self) -> defer.Deferred[tuple[list[str], str]]:
+        """Every started worker's metrics page (those that answer in time),
+        and the counters that workers which ended had when last asked."""
+        workers = list(self._workers.values())
         asks = []
-        for worker in list(self._workers.values()):
+        for worker in workers:
             d = worker.ask({"metrics": True})
             d.addTimeout(ASK_TIMEOUT, self._reactor)
             d.addErrback(lambda failure: None)
             asks.append(d)
+
+        def pages(answers: list[Any]) -> tuple[list[str], str]:
+            found = []
+            for worker, answer in zip(workers, answers, strict=True):
+                if answer is not None:
+                    worker.last_page = answer["page"]
+                    found.append(answer["page"])
+            return found, self._retired
+
         gathered: defer.Deferred[list[Any]] = defer.gatherResults(asks)
-        return gathered.addCallback(lambda answers: [a["page"] for a in answers if a is not None])
+        return gathered.addCallback(pages)
 
     # -- reloading --------------------------------------------------------------
 
