@@ -528,3 +528,29 @@ def test_the_supervisors_stop_and_a_signal_to_each_worker_are_one_drain(
     assert "second signal" not in log
     drained = re.findall(r"drained: (\d+) connection\(s\) closed, (\d+) dropped", log)
     assert len(drained) == 2 and sum(int(closed) for closed, _ in drained) == 8, drained
+
+
+def test_a_listener_with_sni_certificates_is_served_by_the_workers(
+    tmp_path: Path, tls_files: TlsFiles, wsgate: GateFactory
+) -> None:
+    port, listen = free_port(), free_port()
+    path = tmp_path / "wsgate.toml"
+    path.write_text(
+        f'workers = 2\n[[listener]]\nendpoint = "tcp:{listen}:interface=127.0.0.1"\n'
+        f'certificates = [{{ cert = "{tls_files.cert}", key = "{tls_files.key}" }}]\n'
+        f'[[route]]\nbackend = "ws://127.0.0.1:{port}"\n'
+    )
+    gate = wsgate("--config", str(path), wait_port=listen)
+    worker_pids(gate)
+    context = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+
+    async def main() -> None:
+        async with backend(port):
+            for _ in range(6):
+                opened = await asyncio.open_connection(
+                    "127.0.0.1", listen, ssl=context, server_hostname="localhost"
+                )
+                assert await _talk(*opened, b"") == b"\x81\x02hi"
+
+    asyncio.run(main())
+    asyncio.run(wait_for_line(gate, r"worker \d\] open "))
