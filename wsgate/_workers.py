@@ -305,11 +305,16 @@ class Supervisor(service.MultiService):
         worker = _Worker(self, number, self._reactor.seconds())
         # -P: the installed wsgate, not a wsgate/ directory in the working directory.
         command = [sys.executable, "-P", "-m", "wsgate._worker", json.dumps(spec)]
-        transport = self._reactor.spawnProcess(
-            worker, sys.executable, command, env=env, childFDs=child_fds
-        )
+        try:
+            transport = self._reactor.spawnProcess(
+                worker, sys.executable, command, env=env, childFDs=child_fds
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         worker.pid = transport.pid
-        theirs.close()
         self._workers[number] = worker
         return worker, ours
 
@@ -317,7 +322,17 @@ class Supervisor(service.MultiService):
         self._restarts.pop(number, None)
         if self._stopping:
             return
-        worker, sock = self._spawn(number)
+        try:
+            worker, sock = self._spawn(number)
+        except OSError as e:  # out of processes or descriptors: try again later
+            _log.error(
+                "worker {number}: cannot start it ({why}); trying again in {delay} s",
+                number=number,
+                why=str(e),
+                delay=RESTART_DELAY,
+            )
+            self._restarts[number] = self._reactor.callLater(RESTART_DELAY, self._restart, number)
+            return
         worker.attach(self._reactor, sock)
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
