@@ -261,7 +261,10 @@ class Supervisor(service.MultiService):
             if first is None or "ready" not in first:
                 why = "exited" if first is None else first.get("failed", first)
                 for other, other_sock in starting:
-                    other.tell({"now": True})
+                    # Never half the workers running: the others go too.
+                    transport: Any = other.transport
+                    with contextlib.suppress(error.ProcessExitedAlready):
+                        transport.signalProcess("KILL")
                     other_sock.close()
                 self._close_ports()
                 _daemon.fail(
