@@ -162,11 +162,13 @@ def window(a: Snapshot, b: Snapshot, proxied: bool) -> dict[str, Any]:
 NICE = 0
 
 
-def _pinned(cpu: int, nofile: int) -> Callable[[], None]:
+def _pinned(cpu: int | None, nofile: int) -> Callable[[], None]:
+    """A child's set-up: on ``cpu`` (None: wherever the kernel puts it)."""
     nice = NICE
 
     def setup() -> None:
-        os.sched_setaffinity(0, {cpu})
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         if nice:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
         with contextlib.suppress(ValueError, OSError):
@@ -182,7 +184,9 @@ class Procs:
     def __init__(self) -> None:
         self.live: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: list[str], cpu: int, nofile: int, **kw: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: list[str], cpu: int | None, nofile: int, **kw: Any
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(argv, preexec_fn=_pinned(cpu, nofile), **kw)
         self.live.append(proc)
         return proc
@@ -438,10 +442,15 @@ def _deflate_both() -> list[str]:
 
 
 def _start_wsgate(
-    secure: bool, tuning: Callable[[], list[str]] = list
+    secure: bool,
+    tuning: Callable[[], list[str]] = list,
+    workers: int = 1,
+    pinned: bool = True,
 ) -> Callable[[Env, str, bool], Running]:
-    """wsgate as shipped (no flags but its listener and backend), plus
-    ``tuning()``'s flags for a named tuned row."""
+    """wsgate as shipped (no flags but its listener and backend, one process
+    on the proxy's CPU), plus ``tuning()``'s flags for a named tuned row,
+    and/or ``--workers`` and unpinned (the kernel spreads its processes over
+    both CPUs)."""
 
     def start(env: Env, mode: str, big: bool) -> Running:
         from wsgate.testing import Wsgate
@@ -457,17 +466,25 @@ def _start_wsgate(
         args += tuning()
         if big:  # the one setting a scenario needs: 256 MiB is over the default limit
             args += ["--max-message-size", "0"]
+        if workers != 1:
+            args += ["--workers", str(workers)]
         log = Path(tempfile.mkstemp(prefix="wsgate-", suffix=".log", dir=env.work)[1])
         env_vars = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = env.procs.start(
             Wsgate(*args).command(),
-            PROXY_CPU,
+            PROXY_CPU if pinned else None,
             env.nofile,
             stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             env=env_vars,
         )
         wait_for_port(port, proc)
+        deadline = time.monotonic() + 60
+        while workers != 1 and "workers: " not in log.read_text(errors="replace"):
+            # The supervisor's socket listens before its workers have started.
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"wsgate --workers {workers} did not start: see {log}")
+            time.sleep(0.05)
         scheme = "wss" if secure else "ws"
         return Running(f"{scheme}://127.0.0.1:{port}", proc.pid, proc, signal.SIGTERM)
 
@@ -495,6 +512,24 @@ TARGETS = [
            "scenarios only",
            False, _start_wsgate(False, _deflate_both), peer="wsgate",
            modes=frozenset({"deflate"})),
+    # Scaling (tuned rows: --workers is not the default). Unpinned, so the
+    # proxy's processes share both CPUs with the load generator and backend.
+    Target(
+        "wsgate-1u",
+        "wsgate, ws, 1 process, unpinned",
+        False,
+        _start_wsgate(False, pinned=False),
+        peer="nginx",
+        memory=False,
+    ),
+    Target(
+        "wsgate-w2",
+        "wsgate --workers 2 (tuned), ws, unpinned",
+        False,
+        _start_wsgate(False, workers=2, pinned=False),
+        peer="wsgate-1u",
+        memory=False,
+    ),
 ]  # fmt: skip
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -1177,7 +1212,40 @@ def render_markdown(data: dict[str, Any]) -> str:
                 row[0] += f" ({len(cell['failed'])} failed)"
             out.append("| " + " | ".join(row) + " |")
         out.append("")
+    out += _scaling(data)
     return "\n".join(out)
+
+
+def _scaling(data: dict[str, Any]) -> list[str]:
+    """wsgate --workers 2 against one wsgate process, both unpinned."""
+    summary = data["summary"]
+    if "wsgate-w2" not in summary or "wsgate-1u" not in summary:
+        return []
+    out = [
+        "## Scaling: `--workers 2` against 1 process, both unpinned",
+        "",
+        "The load generator, the backend and the proxy share the 2 CPUs, so this is "
+        "what a second worker gains on a machine that is also busy with its clients, "
+        "not a per-core figure.",
+        "",
+        "| scenario | figure | 1 process | 2 workers | x |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key, (metrics, _) in TABLES.items():
+        for metric in metrics:
+            if METRICS[metric][1] is None:
+                continue
+            one = _best(summary, "wsgate-1u", key, metric)
+            two = _best(summary, "wsgate-w2", key, metric)
+            if one is None or two is None:
+                continue
+            spec = METRICS[metric][2]
+            out.append(
+                f"| {key} | {METRICS[metric][0]} | {format(one, spec)} | {format(two, spec)} "
+                f"| {two / one:.2f} |"
+            )
+    out.append("")
+    return out
 
 
 COLORS = {
@@ -1187,6 +1255,8 @@ COLORS = {
     "haproxy": "#9467bd",
     "wsgate": "#1f77b4",
     "wsgate-tls": "#aec7e8",
+    "wsgate-1u": "#ff7f0e",
+    "wsgate-w2": "#d62728",
 }
 
 

@@ -41,6 +41,8 @@
 #   WSGATE_ARGS          extra arguments for wsgate, split on spaces
 #   WSGATE_NO_EXTENSIONS 1: wsgate runs Autobahn's Python frame path (the label
 #                        gets /py); the log's "frame path:" line is printed
+#   WSGATE_WORKERS       worker processes (--workers, or workers = N in the
+#                        config file; default 1: one process, no supervisor)
 #   WSGATE_VIA           cli (default): options on the command line; config: the
 #                        same settings from a TOML file ($R/wsgate.toml, --config)
 #
@@ -176,6 +178,8 @@ if [ "${WSGATE_VIA:-cli}" = config ]; then
   # The same setup from a configuration file (the --config path), with a
   # second listener and route beside it so the run goes through real routing.
   cat >"$R/wsgate.toml" <<TOML
+workers = ${WSGATE_WORKERS:-1}
+
 [defaults]
 client_deflate = "$CLIENT_DEFLATE"
 backend_deflate = "$BACKEND_DEFLATE"
@@ -200,7 +204,8 @@ TOML
 else
   GATE_ARGS=(--listen tcp:0:interface=127.0.0.1
     --backend "ws://127.0.0.1:$BPORT"
-    --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE")
+    --client-deflate "$CLIENT_DEFLATE" --backend-deflate "$BACKEND_DEFLATE"
+    --workers "${WSGATE_WORKERS:-1}")
 fi
 GATE_CMD=("$GATE_PY" -c 'from twisted.scripts.twistd import run; run()'
   -n --pidfile= wsgate "${GATE_ARGS[@]}" "${EXTRA[@]}")
@@ -262,6 +267,7 @@ fi
 LABEL=$MIX
 [ "${WSGATE_VIA:-cli}" = config ] && LABEL="$MIX/cfg"
 [ "$FRAME_PATH" = python ] && LABEL="$LABEL/py"
+[ "${WSGATE_WORKERS:-1}" = 1 ] || LABEL="$LABEL/w${WSGATE_WORKERS}"
 echo "conformance: $DIRECTION $LABEL exit=$RC wall=${WALL}s $FIGURE wsgate_tracebacks=$TRACEBACKS"
 if [ -n "${CONFORMANCE_RESULTS:-}" ]; then
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$DIRECTION" "$LABEL" "$CASES" "${EXCLUDE:--}" \

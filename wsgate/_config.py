@@ -9,6 +9,7 @@ disagree.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -245,6 +246,23 @@ def parse_count(value: Any, where: str) -> int:
         raise ConfigError(f"{where}: {value!r} is not a whole number") from None
     if number < 1:
         raise ConfigError(f"{where}: {value!r} must be at least 1")
+    return number
+
+
+def parse_workers(value: Any, where: str) -> int:
+    """Worker processes: a whole number of at least 1, or "auto" (one per CPU
+    this process may run on)."""
+    valid = 'valid: a whole number of at least 1, or "auto" (the CPUs this process may use)'
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: {value!r} is not a number of workers; {valid}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a number of workers; {valid}") from None
+    if number < 1:
+        raise ConfigError(f"{where}: {value!r} is not a number of workers; {valid}")
     return number
 
 
@@ -784,6 +802,8 @@ class Config:
     log_format: str = "text"
     #: Where GET /metrics is served (a Twisted server endpoint); None: nowhere.
     metrics: str | None = None
+    #: Worker processes (1: this process serves, no supervisor); read at start.
+    workers: int = 1
 
     def routes_for(self, listener: Listener) -> tuple[Route, ...]:
         if listener.redirect is not None:
@@ -803,4 +823,5 @@ __all__ = [
     "RouteSettings",
     "StreamBackend",
     "parse_backend",
+    "parse_workers",
 ]

@@ -35,6 +35,7 @@ from wsgate._config import (
     parse_seconds,
     parse_tls_ciphers,
     parse_tokens,
+    parse_workers,
 )
 
 #: Top-level keys that are not tables: they apply to the whole process.
@@ -65,6 +66,13 @@ PROCESS_DOC: tuple[tuple[str, str, str], ...] = (
         '``"text"`` (twistd\'s lines) or ``"json"`` (one JSON object per event and line; '
         "the connection open and close events carry their figures as fields). Read at "
         "start, not on reload. CLI: ``--log-format``.",
+    ),
+    (
+        "workers",
+        "1",
+        "Worker processes, each serving every listener: a whole number, or "
+        '``"auto"`` (one per CPU the process may run on). 1 = this process serves, '
+        "no supervisor. Read at start, not on reload. CLI: ``--workers``.",
     ),
 )
 _TOP_KEYS = ("defaults", "listener", "route", *(key for key, _, _ in PROCESS_DOC))
@@ -296,6 +304,7 @@ class _FileReader:
             ("max_connections_per_ip", parse_limit),
             ("log_format", parse_log_format),
             ("metrics", parse_metrics),
+            ("workers", parse_workers),
         ):
             if key in data:
                 value = self._parsed("top level", data, key, parse, None)

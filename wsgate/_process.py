@@ -11,18 +11,26 @@ from typing import Any
 
 from twisted.application.service import IService
 
+from wsgate import _framepath
 from wsgate._config import Config
 from wsgate._drain import Connections, DrainingService
 from wsgate._service import make_service
 
 
-def build(config: Config, reactor: Any) -> IService:
+def build(
+    config: Config, reactor: Any, endpoint: Any = None, serve_metrics: bool = True
+) -> IService:
+    """The process's services; a worker passes its socket-adopting ``endpoint``
+    maker and leaves metrics to its supervisor (``serve_metrics=False``).
+    Each such process names the frame path it runs in its log."""
+    _framepath.log_choice()
     connections = Connections()
     connections.limit(config)
     process: Any = DrainingService(connections, reactor)
-    gateway = make_service(config, reactor, connections)
+    gateway = make_service(config, reactor, connections, endpoint)
     gateway.setServiceParent(process)
-    if config.metrics is not None:
+    process.gateway = gateway
+    if serve_metrics and config.metrics is not None:
         from wsgate._metrics import service as metrics_service
 
         metrics = metrics_service(config.metrics, reactor, connections, gateway.backend_states)

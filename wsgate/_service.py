@@ -32,10 +32,14 @@ from wsgate._tls import restrict_ciphers
 _log = Logger(namespace="wsgate")
 
 
-def make_service(config: Config, reactor: Any, connections: Any = None) -> Gateway:
+def make_service(
+    config: Config, reactor: Any, connections: Any = None, endpoint: Any = None
+) -> Gateway:
     """Build, but do not start, the listeners for ``config``; their client
-    connections are tracked in ``connections`` (a ``_drain.Connections``)."""
-    return Gateway(config, reactor, connections)
+    connections are tracked in ``connections`` (a ``_drain.Connections``).
+    ``endpoint`` turns a listener's endpoint string into a server endpoint
+    (a worker's adopts the socket its supervisor bound); default: Twisted's."""
+    return Gateway(config, reactor, connections, endpoint)
 
 
 @dataclass(slots=True)
@@ -53,9 +57,14 @@ class _Open:
 class Gateway(service.MultiService):
     """Every listener of one configuration, and SIGHUP reloads of it."""
 
-    def __init__(self, config: Config, reactor: Any, connections: Any = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, connections: Any = None, endpoint: Any = None
+    ) -> None:
         super().__init__()
         self._reactor = reactor
+        self._endpoint = endpoint or (
+            lambda description: endpoints.serverFromString(reactor, description)
+        )
         self._connections = connections
         self.config = config
         self._pools: Pools = {}
@@ -98,7 +107,7 @@ class Gateway(service.MultiService):
             )
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
-        endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        endpoint = self._endpoint(listener.endpoint)
         restrict_ciphers(endpoint, listener.tls_ciphers)
         listening = _Listener(endpoint, door)
         listening.setName(listener.endpoint)
@@ -242,7 +251,7 @@ class Gateway(service.MultiService):
         """Open a listener of a reload, not yet part of the service."""
         factory, sni, wrapped = self._front(listener, routes, certificates)
         door = _Door(wrapped)
-        endpoint = endpoints.serverFromString(self._reactor, listener.endpoint)
+        endpoint = self._endpoint(listener.endpoint)
         restrict_ciphers(endpoint, listener.tls_ciphers)
         port = _limits.throttle_accept_log(await endpoint.listen(door))
         return _Open(listener, _Bound(port), door, factory, sni)

@@ -26,6 +26,7 @@ from wsgate._config import (
     parse_seconds,
     parse_tls_ciphers,
     parse_tokens,
+    parse_workers,
 )
 
 
@@ -140,6 +141,13 @@ class Options(usage.Options):
             None,
             'Log lines as "text" (twistd\'s) or "json" (one object per event). Default: text.',
         ],
+        [
+            "workers",
+            None,
+            None,
+            'Worker processes, each serving every listener: a number, or "auto" (one per '
+            "CPU this process may use). Default: 1 (this process serves, no supervisor).",
+        ],
         *_setting_options(),
     ]
 
@@ -148,6 +156,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["route"] = []
         self["auth"] = []
+        #: The arguments as given, for worker processes to parse the same way.
+        self.argv: list[str] = []
 
     def opt_auth(self, spec: str) -> None:
         self["auth"].append(spec)
@@ -178,6 +188,7 @@ class Options(usage.Options):
 
         (twistd itself prints its 60 lines of usage first and the error last.)
         """
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -238,6 +249,7 @@ class Options(usage.Options):
                 "max-connections-per-ip",
                 "log-format",
                 "metrics",
+                "workers",
                 *(s.option[2:] for s in SETTINGS if s.cli),
             )
             if self.get(name)
@@ -344,6 +356,7 @@ class Options(usage.Options):
             ),
             log_format=parse_log_format(self["log-format"] or "text", "--log-format"),
             metrics=parse_metrics(self["metrics"], "--metrics") if self["metrics"] else None,
+            workers=parse_workers(self["workers"], "--workers") if self["workers"] else 1,
         )
         problems = check(config, "command line")
         if problems:
@@ -354,12 +367,16 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from wsgate import _daemon, _framepath, _process, _speedups
+    from wsgate import _daemon, _process, _speedups
 
     _daemon.watch()
+    config = options["config"]
+    if config.workers > 1:
+        from wsgate import _workers
+
+        return _workers.build(config, options.argv, reactor)
     # Here, not in Gateway: the shortcuts change process-wide state (Autobahn's
     # module, the reactor's loop), which is the program's to decide; tests and
     # embedders that build a Gateway keep the plain path.
     _speedups.install(reactor)
-    _framepath.log_choice()
-    return _process.build(options["config"], reactor)
+    return _process.build(config, reactor)

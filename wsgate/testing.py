@@ -72,6 +72,12 @@ class Wsgate:
         )
         if not own_listeners:
             self.args = ["--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.args]
+        # WSGATE_TEST_WORKERS=N: run a test suite through --workers N (not
+        # with --config, whose file says how many).
+        workers = os.environ.get("WSGATE_TEST_WORKERS")
+        given = any(a.startswith(("--config", "--workers", "--check")) for a in self.args)
+        if workers and not given:
+            self.args += ["--workers", workers]
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._env = env
@@ -90,7 +96,17 @@ class Wsgate:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
         wait_for_port(wait_port or self.port, proc=self.proc)
+        if self.log_path and any(a.startswith("--workers") for a in self.args):
+            # The supervisor's sockets listen before its workers have started.
+            self._wait_for_log("workers: ", self.proc)
         return self
+
+    def _wait_for_log(self, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wsgate did not log {text!r}; its log:\n{self.log()}")
+            time.sleep(0.02)
 
     def stop(self) -> int | None:
         proc = self.proc
