@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NPM_DIR := tests/node
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench bench-bigrtt clean
 
 # A regular install (twistd finds the plugin the way users' installs do),
 # redone whenever the package's sources change.
@@ -40,6 +40,10 @@ test-fast: venv $(NPM_DIR)/node_modules/.installed
 bench: venv
 	$(PY) -m pip install -q -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Big messages one round trip at a time, Autobahn echo server (about a minute).
+bench-bigrtt: venv
+	$(PY) benchmarks/bigrtt.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check wsgate twisted tests benchmarks

@@ -85,6 +85,8 @@ class StreamLeg(TransportLeg, protocol.Protocol):
         self.opened.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if len(data) >= _sockets.BIG_READ:
+            _sockets.quick_ack(self.transport)
         relay = self.relay
         if relay is None:
             self._early_size += len(data)

@@ -374,6 +374,8 @@ class RelayedLeg(TransportLeg):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's version formats debug arguments eagerly on every read.
         self.wire_in += len(data)
+        if len(data) >= _sockets.BIG_READ:
+            _sockets.quick_ack(self.transport)
         if self._compiled_reads:
             self._reader.feed(data)
             self._read_compiled()
