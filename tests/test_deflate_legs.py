@@ -150,6 +150,7 @@ def test_an_idle_connection_drops_its_zlib_states_and_streams_on(
         assert rsv1 and size < 60
     assert [m for m, _ in gate.backend.events.messages] == messages * 2
     assert pmc.holds_zlib
+    assert [c for c in reactor.getDelayedCalls() if c.func == pmc._idle_check]
     gate.client.sendClose(1000)
     gate.net.flush()
     assert gate.client.events.closed is not None
