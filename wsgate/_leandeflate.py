@@ -14,7 +14,9 @@ once a leg is open (``adopt``), changes two things:
   message that compresses costs one copy (under a microsecond at the
   default 12-bit window) and one that does not costs the sample instead of
   the whole message (64 KiB of random bytes: about 3 ms at zlib's default
-  level, 1 KiB about 20 us). Later pieces follow the first piece's choice.
+  level, 1 KiB about 20 us); after a run of such messages most of the next
+  ones go out untried (``MAX_SKIP``). Later pieces follow the first
+  piece's choice.
 - **What an idle connection holds.** Under context takeover the stream's
   only state the peer relies on is its window: the last ``2**window_bits``
   bytes of plaintext. Both windows are kept as bytes (4 KiB each by
@@ -41,6 +43,12 @@ IDLE_SECONDS = 2.0
 #: How much of a message's first piece is compressed to see whether it pays.
 SAMPLE = 1024
 
+#: After n messages in a row that did not shrink, the next 2**(n-1) - 1 go
+#: out raw untried (at most this many): a stream of compressed data (VNC,
+#: video) then pays for a try once in MAX_SKIP + 1 messages, while a single
+#: image between JSON messages costs nothing.
+MAX_SKIP = 31
+
 _SYNC_TAIL = b"\x00\x00\xff\xff"
 
 # What a message being sent is: not started, compressed, sent raw.
@@ -63,6 +71,10 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     _clock: Clock | None = None
     _timer: Any = None
     _sending: int = _UNDECIDED
+    #: Messages in a row whose sample did not shrink, and how many more are
+    #: to go out raw without a try.
+    _misses: int = 0
+    _skip: int = 0
     _receiving: bool = False
     _busy: bool = False
     #: The last plaintext of each direction's compressed messages (the
@@ -152,6 +164,9 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             # compress, as a message that streams is likely a large one.
             self.start_compress_message()
             return self.compress_message_data(data) if data else b""
+        if self._skip:
+            self._skip -= 1  # the last ones did not shrink: nor will this one
+            return None
         self.start_compress_message()
         compressor = self._compressor
         trial = compressor if self._out_resets else compressor.copy()
@@ -161,7 +176,10 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         if not pays(len(sample), len(out)):
             if self._out_resets:
                 self._compressor = None  # spoilt: a fresh one for the next message
+            self._misses += 1
+            self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
             return None
+        self._misses = 0
         self._compressor = trial
         self._remember_out(data)
         if size > SAMPLE:
@@ -265,4 +283,4 @@ def _last(window: bytes, data: bytes, size: int) -> bytes:
     return (window + data)[-size:]
 
 
-__all__ = ["IDLE_SECONDS", "SAMPLE", "LeanDeflate", "pays"]
+__all__ = ["IDLE_SECONDS", "MAX_SKIP", "SAMPLE", "LeanDeflate", "pays"]
