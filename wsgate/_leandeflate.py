@@ -102,26 +102,18 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             lean._clock = clock
         return lean
 
-    # -- which side resets what -------------------------------------------------
-
-    @property
-    def _out_bits(self) -> int:
-        return int(self.server_max_window_bits if self._is_server else self.client_max_window_bits)
-
-    @property
-    def _in_bits(self) -> int:
-        return int(self.client_max_window_bits if self._is_server else self.server_max_window_bits)
-
-    @property
-    def _out_resets(self) -> bool:
-        return bool(
-            self.server_no_context_takeover if self._is_server else self.client_no_context_takeover
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Which side's parameters are ours, worked out once (the hot path
+        # reads them per message).
+        server = bool(self._is_server)
+        self._out_bits: int = self.server_max_window_bits if server else self.client_max_window_bits
+        self._in_bits: int = self.client_max_window_bits if server else self.server_max_window_bits
+        self._out_resets = bool(
+            self.server_no_context_takeover if server else self.client_no_context_takeover
         )
-
-    @property
-    def _in_resets(self) -> bool:
-        return bool(
-            self.client_no_context_takeover if self._is_server else self.server_no_context_takeover
+        self._in_resets = bool(
+            self.client_no_context_takeover if server else self.server_no_context_takeover
         )
 
     # -- sending: the leg's interface --------------------------------------------
@@ -241,7 +233,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     def _remember_out(self, data: bytes) -> None:
         self._busy = True
-        if not self._out_resets and data:
+        if data and not self._out_resets:
             self._out_window = _last(self._out_window, data, 1 << self._out_bits)
 
     # -- idle --------------------------------------------------------------------
