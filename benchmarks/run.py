@@ -613,8 +613,9 @@ def _idle(deflate: bool) -> Callable[..., dict[str, Any]]:
             c.send("go")
             opened = c.event("open", deadline)
             # Let the proxy settle (deferred frees, timers; wsgate drops an idle
-            # leg's zlib states 2-4 s after its last message).
-            time.sleep(5.0)
+            # leg's zlib states 2-4 s after its last message and hands the
+            # memory back within 10 s).
+            time.sleep(12.0)
             b = snapshot(run.pid, env.backend_pid)
             c.send("close")
             c.event("closed", deadline)

@@ -33,6 +33,7 @@ from typing import Any
 
 from autobahn.websocket.compress import PerMessageDeflate
 
+from wsgate import _heap
 from wsgate._relay import Clock
 
 #: How long a leg must be quiet before its zlib states are dropped. Short
@@ -245,15 +246,22 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     def _idle_check(self) -> None:
         self._timer = None
+        assert self._clock is not None
         mid_message = self._receiving or self._sending == _DEFLATING
         if self._busy or mid_message:
             self._busy = False
-            assert self._clock is not None
             self._timer = self._clock.callLater(IDLE_SECONDS, self._idle_check)
             return
         # Quiet for a whole period: keep only the windows.
-        self._compressor = None
-        self._decompressor = None
+        size = 0
+        if self._compressor is not None:
+            size += (4 << self._out_bits) + (512 << self.mem_level) + 6 * 1024
+            self._compressor = None
+        if self._decompressor is not None:
+            size += (1 << self._in_bits) + 7 * 1024
+            self._decompressor = None
+        if size:
+            _heap.TRIM.freed(self._clock, size)
 
     def stop(self) -> None:
         """The leg closed: no more timer."""
