@@ -28,6 +28,7 @@ policies = st.builds(
     window_bits=st.integers(9, 15),
     mem_level=st.integers(1, 9),
     no_context_takeover=st.booleans(),
+    threshold=st.integers(0, 1 << 20),
 )
 
 
@@ -38,6 +39,9 @@ def test_parse_on_off() -> None:
     assert parse_policy("on,window_bits=12,mem_level=4,no_context_takeover") == DeflatePolicy(
         window_bits=12, mem_level=4, no_context_takeover=True
     )
+    assert DeflatePolicy().threshold == 128
+    assert parse_policy("on,threshold=0").threshold == 0
+    assert parse_policy("on,threshold=4096").describe() == "on,threshold=4096"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +54,8 @@ def test_parse_on_off() -> None:
         ("on,window_bits=x", "needs a whole number"),
         ("on,no_context_takeover=1", "takes no value"),
         ("on,mem_level=2,mem_level=3", "given twice"),
+        ("on,threshold=-1", "threshold must be 0 or more bytes"),
+        ("on,threshold=1k", "threshold needs a whole number"),
         ("off,window_bits=9", "expected"),
     ],
 )

@@ -117,7 +117,7 @@ class BackendConnector(Connector[BackendProtocol]):
     def __init__(self, reactor: Any, settings: RouteSettings, backend: Backend) -> None:
         self._backend = backend
         self._factory = WebSocketClientFactory(url=backend.url, reactor=reactor)
-        policy = settings.backend_deflate
+        self._deflate = policy = settings.backend_deflate
         self._factory.setProtocolOptions(
             **leg_options(settings),
             openHandshakeTimeout=settings.handshake_timeout,
@@ -144,6 +144,7 @@ class BackendConnector(Connector[BackendProtocol]):
             )
         )
         protocol.factory = self._factory
+        protocol.deflate_policy = self._deflate
         return protocol
 
 

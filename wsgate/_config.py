@@ -532,8 +532,10 @@ SETTINGS: tuple[Setting, ...] = (
         parse_deflate,
         '"on"',
         'permessage-deflate on the client leg: "on", "off" or '
-        '"on,window_bits=9..15,mem_level=1..9,no_context_takeover" '
-        "(window_bits 12 and mem_level 5 unless given).",
+        '"on,window_bits=9..15,mem_level=1..9,threshold=BYTES,no_context_takeover" '
+        "(window_bits 12, mem_level 5 and threshold 128 unless given). Messages "
+        "shorter than the threshold, and those whose start does not compress, "
+        "go out uncompressed.",
         cli=True,
         example='"on,window_bits=15,mem_level=8"',
     ),

@@ -23,7 +23,7 @@ EXTENSION = "permessage-deflate"
 WINDOW_BITS = range(9, 16)
 MEM_LEVELS = range(1, 10)
 
-_POLICY_KEYS = ("window_bits", "mem_level", "no_context_takeover")
+_POLICY_KEYS = ("window_bits", "mem_level", "threshold", "no_context_takeover")
 
 #: The defaults of the ``websockets`` library: 4 KiB windows and zlib's
 #: memory level 5 instead of zlib's 32 KiB and 8. A compressor then needs
@@ -32,6 +32,10 @@ _POLICY_KEYS = ("window_bits", "mem_level", "no_context_takeover")
 #: times faster at 12/5 than at 15/8, for 10% more bytes on the wire.
 DEFAULT_WINDOW_BITS = 12
 DEFAULT_MEM_LEVEL = 5
+#: Messages shorter than this many bytes go out uncompressed: below it the
+#: frame header, the deflate block's own overhead and two zlib calls (ours
+#: and the peer's) cost more than the few bytes they save.
+DEFAULT_THRESHOLD = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +46,23 @@ class DeflatePolicy:
     asks the peer to cap its own (less memory per connection, less
     compression). ``no_context_takeover`` asks for a fresh compressor per
     message in both directions: cheap idle connections, worse ratios.
+    ``threshold``: messages wsgate sends that are shorter go out
+    uncompressed (0: try every message).
     """
 
     enabled: bool = True
     window_bits: int = DEFAULT_WINDOW_BITS
     mem_level: int = DEFAULT_MEM_LEVEL
     no_context_takeover: bool = False
+    threshold: int = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.window_bits not in WINDOW_BITS:
             raise ValueError(f"window_bits must be 9 to 15, not {self.window_bits}")
         if self.mem_level not in MEM_LEVELS:
             raise ValueError(f"mem_level must be 1 to 9, not {self.mem_level}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be 0 or more bytes, not {self.threshold}")
 
     def describe(self) -> str:
         if not self.enabled:
@@ -63,6 +72,8 @@ class DeflatePolicy:
             parts.append(f"window_bits={self.window_bits}")
         if self.mem_level != DEFAULT_MEM_LEVEL:
             parts.append(f"mem_level={self.mem_level}")
+        if self.threshold != DEFAULT_THRESHOLD:
+            parts.append(f"threshold={self.threshold}")
         if self.no_context_takeover:
             parts.append("no_context_takeover")
         return ",".join(parts)
@@ -72,7 +83,7 @@ OFF = DeflatePolicy(enabled=False)
 
 
 def parse_policy(text: str) -> DeflatePolicy:
-    """Parse ``on``, ``off`` or ``on,window_bits=12,mem_level=4,no_context_takeover``.
+    """Parse ``on``, ``off`` or ``on,window_bits=12,mem_level=4,threshold=256,no_context_takeover``.
 
     Raises ValueError with a message that says what is valid.
     """

@@ -66,6 +66,7 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
                 )
             protocols = allowed
         self.pause_reading()
+        self.deflate_policy = settings.client_deflate
         self.websocket_extensions = _deflate.usable_extensions(self.websocket_extensions)
         hint = _deflate.client_window_hint(self.websocket_extensions)
         if hint is not None:

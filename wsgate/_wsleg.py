@@ -27,6 +27,7 @@ from wsgate._closecodes import (
     truncate_reason,
 )
 from wsgate._keepalive import Keepalive
+from wsgate._leandeflate import DeflatePolicy, LeanDeflate
 from wsgate._relay import TransportLeg
 
 if TYPE_CHECKING:
@@ -90,7 +91,11 @@ class RelayedLeg(TransportLeg):
     #: before the leg opens, after a hand-off until the next message, closing).
     _compiled_reads: bool = False
 
+    #: This leg's permessage-deflate policy (its threshold counts once open).
+    deflate_policy: DeflatePolicy = DeflatePolicy()
+
     # Provided by the Autobahn protocol class this is mixed into.
+    websocket_extensions_in_use: list[Any]
     state: int
     current_frame: Any
     current_frame_masker: Any
@@ -107,6 +112,17 @@ class RelayedLeg(TransportLeg):
     def connectionMade(self) -> None:
         _sockets.no_delay(self.transport)
         super().connectionMade()  # type: ignore[misc]
+
+    def _onOpen(self) -> None:
+        # Before any frame of the open connection: permessage-deflate that
+        # compresses only what pays and drops its zlib states when idle.
+        pmc = self._perMessageCompress
+        if pmc is not None:
+            lean = LeanDeflate.adopt(pmc, self.deflate_policy.threshold, self.factory.reactor)
+            self._perMessageCompress = lean
+            in_use = self.websocket_extensions_in_use
+            in_use[:] = [lean if ext is pmc else ext for ext in in_use]
+        super()._onOpen()  # type: ignore[misc]
 
     def shed_handshake(self) -> None:
         """Drop what only the opening handshake needed, once the relay runs."""
@@ -200,30 +216,21 @@ class RelayedLeg(TransportLeg):
         self._out_opcode = 2 if binary else 1
         self._out_first = True
         if self.state == _OPEN and self._perMessageCompress is not None:
-            self._perMessageCompress.start_compress_message()
+            self._perMessageCompress.begin()
 
     def send_data(self, data: bytes, final: bool) -> None:
         if self.state != _OPEN:
             return
         pmc = self._perMessageCompress
-        if pmc is not None:
-            payload = pmc.compress_message_data(data) if data else b""
-            if final:
-                # After a message, zlib has nothing left to flush, and
-                # Autobahn's trimmed flush is then b"": not a deflate block the
-                # peer can end with 00 00 ff ff. An empty stored block is b"\x00".
-                payload += pmc.end_compress_message() or (b"" if payload else b"\x00")
-                if self._resets_context(pmc, ours=True):
-                    pmc._compressor = None  # Autobahn makes a new one per message anyway
-            elif not payload:
-                return
-        elif not data and not final:
+        # None: this message goes out uncompressed (too short, or it did not
+        # shrink: see _leandeflate).
+        compressed = pmc.deflate(data, final) if pmc is not None else None
+        payload = compressed if compressed is not None else data
+        if not payload and not final:
             return
-        else:
-            payload = data
         if self._out_first:
             self._out_first = False
-            opcode, rsv = self._out_opcode, (4 if pmc is not None else 0)
+            opcode, rsv = self._out_opcode, (4 if compressed is not None else 0)
         else:
             opcode, rsv = 0, 0
         self._send_frame(opcode, payload, final, rsv)
@@ -357,6 +364,8 @@ class RelayedLeg(TransportLeg):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._keepalive is not None:
             self._keepalive.stop()
+        if isinstance(self._perMessageCompress, LeanDeflate):
+            self._perMessageCompress.stop()
         deadline, self._fin_deadline = self._fin_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()

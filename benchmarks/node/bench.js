@@ -4,10 +4,10 @@
 // `bufferutil` and `utf-8-validate`, so the load generator is not the
 // bottleneck a Python client would be.
 //
-//   node bench.js backend [--plain-port P] [--deflate-port P]
+//   node bench.js backend [--plain-port P] [--deflate-port P] [--tcp-port P]
 //   node bench.js rtt --url U [--conns N] [--size B] [--payload text|compressible]
 //                     [--deflate] [--warmup S] [--duration S] [--ca FILE]
-//   node bench.js stream --url U/stream?size=B [--warmup S] [--duration S] [--ca FILE]
+//   node bench.js stream --url U/stream?size=B [--deflate] [--warmup S] [--duration S] [--ca FILE]
 //   node bench.js handshake --url U [--concurrency N] [--warmup S] [--duration S] [--ca FILE]
 //   node bench.js idle --url U [--conns N] [--concurrency N] [--deflate] [--ca FILE]
 //   node bench.js huge --url U/huge?size=B [--rate BYTES_PER_S] [--timeout S] [--ca FILE]
@@ -15,7 +15,7 @@
 // Every mode writes JSON lines to stdout; the orchestrator reads the proxy's
 // CPU and memory from /proc when it sees an event:
 //
-//   backend    {"event":"listening","plain":P,"deflate":P}
+//   backend    {"event":"listening","plain":P,"deflate":P,"tcp":P}
 //   rtt, stream, handshake
 //              {"event":"start"} after the warm-up, {"event":"end",...figures}
 //              after the measured window, {"event":"exit"} once closed.
@@ -28,6 +28,9 @@
 // with its type; /stream?size=B sends B-byte binary messages back to back
 // (with backpressure) until the client closes; /huge?size=B&frag=F waits for
 // one message, then sends one B-byte binary message in F-byte fragments.
+// The TCP port is a raw stream source, a VNC server's framebuffer updates
+// as far as compression goes: it writes 64 KiB of random bytes over and
+// over (with backpressure) to whoever connects, and ignores what it reads.
 //
 // Every loop is bounded: the timed modes stop at their deadline, connection
 // attempts time out, and each mode has an overall deadline (--deadline S).
@@ -250,8 +253,29 @@ function backend(opts) {
       wss.on('error', reject);
     });
 
-  Promise.all([listen(num(opts, 'plain-port', 0), false), listen(num(opts, 'deflate-port', 0), true)])
-    .then(([plain, deflate]) => emit({ event: 'listening', plain, deflate }))
+  const listenTcp = (port) =>
+    new Promise((resolve, reject) => {
+      const server = net.createServer((sock) => {
+        sock.setNoDelay(true);
+        sock.on('error', () => {});
+        sock.on('data', () => {});
+        const data = chunkOf(64 * 1024);
+        const go = () => {
+          while (!sock.destroyed && sock.write(data));
+        };
+        sock.on('drain', go);
+        go();
+      });
+      server.on('error', reject);
+      server.listen({ host: '127.0.0.1', port, backlog: 4096 }, () => resolve(server.address().port));
+    });
+
+  Promise.all([
+    listen(num(opts, 'plain-port', 0), false),
+    listen(num(opts, 'deflate-port', 0), true),
+    listenTcp(num(opts, 'tcp-port', 0)),
+  ])
+    .then(([plain, deflate, tcp]) => emit({ event: 'listening', plain, deflate, tcp }))
     .catch((err) => die(`backend: ${err.message}`));
   const stop = () => process.exit(0);
   process.on('SIGTERM', stop);
@@ -411,7 +435,7 @@ async function rtt(opts) {
 // -- stream: 1 MiB binary messages from the backend --------------------------------
 
 async function stream(opts) {
-  const options = clientOptions(opts, false);
+  const options = clientOptions(opts, !!opts.deflate);
   const { open, errors, firstError } = await openMany(opts.url, options, 1, 1);
   if (open.length !== 1) die(`stream: connection failed (${errors}): ${firstError}`);
   const ws = open[0];
@@ -438,6 +462,7 @@ async function stream(opts) {
     msg_per_s: messages / window.seconds,
     seconds: window.seconds,
     client_cpu_pct: window.client_cpu_pct,
+    extensions: ws.extensions || '',
   });
   // Keep reading (and dropping) what is still in flight until the close
   // handshake completes: the backend stops sending once it sees our close.
