@@ -67,6 +67,10 @@ async def flood() -> AsyncIterator[bytes]:
     block = os.urandom(64 * 1024)
     for _ in range(16 * 1024):  # at most 1 GiB
         yield block
+        # The send does not yield while nothing pushes back (wsgate relays
+        # random bytes raw now, faster than the client compresses them): let
+        # the test's other tasks (reading the peer's "busy") run.
+        await asyncio.sleep(0)
 
 
 async def close_lines(gate: Wsgate, count: int) -> list[str]:
@@ -230,6 +234,7 @@ class Flood:
         while not self.stop.is_set() and self.sent < 1024 * MIB:
             yield self._block
             self.sent += len(self._block)
+            await asyncio.sleep(0)  # as in flood(): the watchers must run
 
     async def stalled(self, quiet: float = 2.0) -> int:
         """Wait until nothing more is taken for ``quiet`` seconds: the freeze
