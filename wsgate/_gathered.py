@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
-from wsgate import _limits
+from wsgate import _limits, _metrics
 
 _MOST = frozenset({"wsgate_draining", "wsgate_backend_up", "process_max_fds"})
 _LEAST = frozenset({"process_start_time_seconds"})
@@ -110,20 +110,9 @@ class _Page(Resource):
         return NOT_DONE_YET
 
 
-class _Listener(_limits.Listening):
-    what = "metrics: "
-
-
 def service(endpoint: str, reactor: Any, gather: Gather) -> _limits.Listening:
     """``GET /metrics`` on ``endpoint``, summed over the workers."""
-    root = Resource()
-    root.putChild(b"metrics", _Page(gather))  # type: ignore[arg-type]
-    site = Site(root)
-    site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not news
-    listening = _Listener(endpoints.serverFromString(reactor, endpoint), site)
-    listening.setName(endpoint)
-    return listening
+    return _metrics.serve(endpoint, reactor, _Page(gather))
 
 
 __all__ = ["merge", "page", "service"]

@@ -177,8 +177,14 @@ def service(
     endpoint: str, reactor: Any, connections: Connections, backends: BackendStates
 ) -> internet.StreamServerEndpointService:
     """``GET /metrics`` on ``endpoint`` (any Twisted server endpoint string)."""
+    return serve(endpoint, reactor, _Page(registry(connections, backends)))
+
+
+def serve(endpoint: str, reactor: Any, page: Resource) -> _limits.Listening:
+    """``page`` as ``GET /metrics`` on ``endpoint``: one process's registry,
+    or the sum over a ``--workers`` tree (``_gathered``)."""
     root = Resource()
-    root.putChild(b"metrics", _Page(registry(connections, backends)))  # type: ignore[arg-type]
+    root.putChild(b"metrics", page)  # type: ignore[arg-type]
     site = Site(root)
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not news
@@ -187,4 +193,4 @@ def service(
     return listening
 
 
-__all__ = ["Collector", "registry", "service"]
+__all__ = ["Collector", "registry", "serve", "service"]
