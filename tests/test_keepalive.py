@@ -38,7 +38,15 @@ class Peer:
         self.dead_at: float | None = None
         self.open = True
         self._clock = clock
-        self.keepalive = Keepalive(clock, interval, timeout, self._ping, self._dead)
+        #: When the peer was last heard, as the relay would tell.
+        self.heard_at = clock.seconds()
+        self.keepalive = Keepalive(
+            clock, interval, timeout, self._ping, self._dead, lambda: self.heard_at
+        )
+
+    def heard(self) -> None:
+        """The peer sent something (a message piece, a ping, a pong)."""
+        self.heard_at = self._clock.seconds()
 
     def _ping(self) -> bool:
         if not self.open:
@@ -64,7 +72,7 @@ def test_traffic_postpones_the_ping() -> None:
     clock = Clock()
     peer = Peer(clock)
     clock.advance(15)
-    peer.keepalive.heard()
+    peer.heard()
     clock.advance(19)
     assert peer.pings == []
     clock.advance(1)
@@ -97,7 +105,7 @@ def test_an_answer_keeps_the_peer_and_pings_go_on() -> None:
     peer = Peer(clock)
     clock.advance(20)
     clock.advance(3)
-    peer.keepalive.heard()  # the pong
+    peer.heard()  # the pong
     clock.advance(20)
     assert peer.dead_at is None
     assert peer.pings == [20.0, 43.0]

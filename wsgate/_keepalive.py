@@ -23,12 +23,12 @@ from wsgate._relay import Clock
 class Keepalive:
     """The ping timer of one leg, driven by an injected clock.
 
-    ``last_heard()`` tells when the peer last sent something (or ``heard()``
-    says so as it happens). ``ping()`` sends a ping and returns False when
-    the leg can no longer take one (it is closing): the keepalive then
-    stops. ``dead()`` is called once, when a ping went unanswered for
-    ``timeout`` seconds. A ``timeout`` of 0 sends pings (to keep
-    intermediaries' idle timers happy) but never gives up on the peer.
+    ``last_heard()`` tells when the peer last sent something. ``ping()``
+    sends a ping and returns False when the leg can no longer take one (it
+    is closing): the keepalive then stops. ``dead()`` is called once, when
+    a ping went unanswered for ``timeout`` seconds. A ``timeout`` of 0 sends
+    pings (to keep intermediaries' idle timers happy) but never gives up on
+    the peer.
     """
 
     __slots__ = (
@@ -51,7 +51,7 @@ class Keepalive:
         timeout: float,
         ping: Callable[[], bool],
         dead: Callable[[], None],
-        last_heard: Callable[[], float] | None = None,
+        last_heard: Callable[[], float],
     ) -> None:
         self._clock = clock
         self._last_heard = last_heard
@@ -63,11 +63,6 @@ class Keepalive:
         self._pinged_at: float | None = None
         self._paused = False
         self._call: Any = clock.callLater(interval, self._tick)
-
-    def heard(self) -> None:
-        """The peer sent something: it is alive (besides what ``last_heard``,
-        when given, reports)."""
-        self._heard_at = self._clock.seconds()
 
     def pause(self) -> None:
         """The leg stopped reading (backpressure): its peer's answers wait
@@ -91,8 +86,7 @@ class Keepalive:
     def _tick(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        if self._last_heard is not None:
-            self._heard_at = max(self._heard_at, self._last_heard())
+        self._heard_at = max(self._heard_at, self._last_heard())
         if self._paused:
             self._heard_at = now
         if self._pinged_at is not None:
