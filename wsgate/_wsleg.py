@@ -23,7 +23,6 @@ from wsgate._closecodes import (
     NO_STATUS,
     Cause,
     Close,
-    Side,
     truncate_reason,
 )
 from wsgate._keepalive import Keepalive
@@ -194,21 +193,9 @@ class RelayedLeg(TransportLeg):
         pass
 
     def onMessageEnd(self) -> None:
-        pmc = self._perMessageCompress
-        if pmc is not None and self._resets_context(pmc, ours=False):
-            pmc._decompressor = None  # Autobahn makes a new one per message anyway
         tail, self._tail = self._tail, b""
         if self.relay is not None and self._held is None:
             self.relay.message_data(self.side, tail, True)
-
-    def _resets_context(self, pmc: Any, ours: bool) -> bool:
-        """Whether our side's (or the peer's) compression starts afresh with each
-        message, as negotiated: then its zlib state need not outlive the message,
-        and an idle connection holds none (``no_context_takeover`` policy)."""
-        server_side = (self.side is Side.CLIENT) == ours  # the leg's server end
-        return bool(
-            pmc.server_no_context_takeover if server_side else pmc.client_no_context_takeover
-        )
 
     # -- outgoing: complete frames only ---------------------------------------
 
