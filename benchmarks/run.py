@@ -595,8 +595,16 @@ def _rtt(conns: int, size: int, payload: str, deflate: bool) -> Callable[..., di
         end, w = _timed(env, run, s, log, args)
         out = {k: end[k] for k in ("msg_per_s", "p50_us", "p99_us", "messages", "errors")}
         out.update(w, client_cpu_pct=end["client_cpu_pct"], extensions=end["extensions"])
-        if "proxy_cpu_s" in w and end["messages"]:
-            out["proxy_cpu_us_per_msg"] = 1e6 * w["proxy_cpu_s"] / end["messages"]
+        if end["messages"]:
+            # The backend's share too: behind nginx a compressing backend
+            # runs zlib for both directions, behind wsgate (compression
+            # offload) the proxy does.
+            backend_s = w["backend_cpu_pct"] / 100 * w["window_s"]
+            out["backend_cpu_us_per_msg"] = 1e6 * backend_s / end["messages"]
+            proxy_s = w.get("proxy_cpu_s", 0.0)
+            out["system_cpu_us_per_msg"] = 1e6 * (proxy_s + backend_s) / end["messages"]
+            if "proxy_cpu_s" in w:
+                out["proxy_cpu_us_per_msg"] = 1e6 * proxy_s / end["messages"]
         return out
 
     return run_
@@ -958,6 +966,8 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
     "p50_us": ("p50 µs", "low", ",.0f"),
     "p99_us": ("p99 µs", "low", ",.0f"),
     "proxy_cpu_us_per_msg": ("proxy CPU µs/msg", "low", ",.1f"),
+    "backend_cpu_us_per_msg": ("backend CPU µs/msg", "low", ",.1f"),
+    "system_cpu_us_per_msg": ("proxy + backend CPU µs/msg", "low", ",.1f"),
     "proxy_cpu_us_per_mb": ("proxy CPU µs/MB", "low", ",.0f"),
     "proxy_cpu_us_per_conn": ("proxy CPU µs/conn", "low", ",.0f"),
     "proxy_cpu_pct": ("proxy CPU %", None, ".0f"),
@@ -1000,10 +1010,12 @@ TABLES: dict[str, tuple[list[str], list[str]]] = {
             "p50_us",
             "p99_us",
             "proxy_cpu_us_per_msg",
+            "backend_cpu_us_per_msg",
+            "system_cpu_us_per_msg",
             "proxy_cpu_pct",
             "proxy_sys_share_pct",
         ],
-        ["msg_per_s", "proxy_cpu_us_per_msg"],
+        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
     ),
     "rtt1k_deflate_50": (
         [
@@ -1011,10 +1023,12 @@ TABLES: dict[str, tuple[list[str], list[str]]] = {
             "p50_us",
             "p99_us",
             "proxy_cpu_us_per_msg",
+            "backend_cpu_us_per_msg",
+            "system_cpu_us_per_msg",
             "proxy_cpu_pct",
             "proxy_sys_share_pct",
         ],
-        ["msg_per_s", "proxy_cpu_us_per_msg"],
+        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
     ),
     "stream1m": (
         ["mb_per_s", "proxy_cpu_pct", "proxy_cpu_us_per_mb", "proxy_sys_share_pct"],

@@ -29,6 +29,7 @@ policies = st.builds(
     mem_level=st.integers(1, 9),
     no_context_takeover=st.booleans(),
     threshold=st.integers(0, 1 << 20),
+    level=st.integers(1, 9),
 )
 
 
@@ -42,6 +43,9 @@ def test_parse_on_off() -> None:
     assert DeflatePolicy().threshold == 128
     assert parse_policy("on,threshold=0").threshold == 0
     assert parse_policy("on,threshold=4096").describe() == "on,threshold=4096"
+    # zlib's fastest level unless given, as nginx's gzip_comp_level.
+    assert DeflatePolicy().level == 1
+    assert parse_policy("on,level=6").describe() == "on,level=6"
 
 
 @pytest.mark.parametrize(
@@ -56,6 +60,8 @@ def test_parse_on_off() -> None:
         ("on,mem_level=2,mem_level=3", "given twice"),
         ("on,threshold=-1", "threshold must be 0 or more bytes"),
         ("on,threshold=1k", "threshold needs a whole number"),
+        ("on,level=0", "level must be 1 to 9"),
+        ("on,level=10", "level must be 1 to 9"),
         ("off,window_bits=9", "expected"),
     ],
 )

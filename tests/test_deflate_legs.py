@@ -122,6 +122,19 @@ def test_the_threshold_is_the_policy_s(reactor: MemoryReactorClock) -> None:
     assert gate.echo(_json(8000, 3))[0]
 
 
+def test_the_zlib_level_is_the_policy_s(reactor: MemoryReactorClock) -> None:
+    # Level 1 by default (fast, as nginx's gzip_comp_level); level 6 finds
+    # more of this JSON's repeats, so the same message comes out smaller.
+    message = _json(3000, 4)
+    fast = _Gate(reactor)
+    assert isinstance(fast.frontend._perMessageCompress, LeanDeflate)
+    fast_rsv1, fast_size = fast.echo(message)
+    thorough = _Gate(MemoryReactorClock(), "--client-deflate", "on,level=6")
+    thorough_rsv1, thorough_size = thorough.echo(message)
+    assert fast_rsv1 and thorough_rsv1
+    assert thorough_size < fast_size
+
+
 def test_a_large_threshold(reactor: MemoryReactorClock) -> None:
     gate = _Gate(reactor, "--client-deflate", "on,threshold=8192")
     assert gate.echo(_json(8000, 3)) == (False, 8000)

@@ -28,9 +28,11 @@ def _json(n: int, seed: int = 0) -> bytes:
     return b"".join(parts)[:n]
 
 
-def _lean(threshold: int = 128, nct: bool = False, clock: Clock | None = None) -> LeanDeflate:
+def _lean(
+    threshold: int = 128, nct: bool = False, clock: Clock | None = None, level: int = 1
+) -> LeanDeflate:
     pmc = PerMessageDeflate(True, nct, nct, 12, 12, 5)
-    return LeanDeflate.adopt(pmc, threshold, clock or Clock())
+    return LeanDeflate.adopt(pmc, threshold, clock or Clock(), level)
 
 
 class Peer:
@@ -71,6 +73,29 @@ def _receive(lean: LeanDeflate, compressed: bytes) -> bytes:
     out = lean.decompress_message_data(compressed)
     lean.end_decompress_message()
     return out
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_messages_are_compressed_at_the_policy_s_level(level: int) -> None:
+    # Each level's bytes differ on this data; the peer inflates them all.
+    data = _json(900)
+    reference = zlib.compressobj(level, zlib.DEFLATED, -12, 5)
+    expected = reference.compress(data) + reference.flush(zlib.Z_SYNC_FLUSH)
+    lean, peer = _lean(level=level), Peer()
+    pieces = _send(lean, data)
+    assert pieces == [expected[:-4]]
+    assert peer.receive(pieces) == data
+
+
+def test_levels_differ_on_this_data() -> None:
+    # What makes the test above able to fail: level 1 (fast matching) and
+    # zlib's default 6 give different bytes here.
+    data = _json(900)
+    out = set()
+    for level in (1, 6):
+        c = zlib.compressobj(level, zlib.DEFLATED, -12, 5)
+        out.add(c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))
+    assert len(out) == 2
 
 
 def test_a_short_final_message_goes_raw() -> None:
@@ -206,7 +231,7 @@ def test_any_mix_survives_under_either_policy(
 
 def test_idle_states_are_dropped_and_rebuilt_from_the_windows() -> None:
     clock = Clock()
-    lean, peer = _lean(clock=clock), Peer()
+    lean, peer = _lean(clock=clock, level=6), Peer()
     first = _json(6000, 1)
     assert peer.receive(_send(lean, first)) == first
     assert _receive(lean, peer.send(first)) == first

@@ -532,8 +532,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse_deflate,
         '"on"',
         'permessage-deflate on the client leg: "on", "off" or '
-        '"on,window_bits=9..15,mem_level=1..9,threshold=BYTES,no_context_takeover" '
-        "(window_bits 12, mem_level 5 and threshold 128 unless given). Messages "
+        '"on,window_bits=9..15,mem_level=1..9,level=1..9,threshold=BYTES,no_context_takeover" '
+        "(window_bits 12, mem_level 5, zlib level 1 and threshold 128 unless given). Messages "
         "shorter than the threshold, and those whose start does not compress, "
         "go out uncompressed.",
         cli=True,

@@ -13,8 +13,8 @@ once a leg is open (``adopt``), changes two things:
   must not see bytes sent raw) and that copy is kept when it pays, so a
   message that compresses costs one copy (under a microsecond at the
   default 12-bit window) and one that does not costs the sample instead of
-  the whole message (64 KiB of random bytes: about 3 ms at zlib's default
-  level, 1 KiB about 20 us); after a run of such messages most of the next
+  the whole message (64 KiB of random bytes: about 1.5 ms at the default
+  level 1, 3 ms at zlib's usual 6); after a run of such messages most of the next
   ones go out untried (``MAX_SKIP``). Later pieces follow the first
   piece's choice.
 - **What an idle connection holds.** Under context takeover the stream's
@@ -34,7 +34,7 @@ from typing import Any
 from autobahn.websocket.compress import PerMessageDeflate
 
 from wsgate import _heap
-from wsgate._deflate import DeflatePolicy  # re-exported for the legs (import limit)
+from wsgate._deflate import DEFAULT_LEVEL, DeflatePolicy  # re-exported (import limit)
 from wsgate._relay import Clock
 
 #: How long a leg must be quiet before its zlib states are dropped. Short
@@ -70,6 +70,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     _compressor: Any
     _decompressor: Any
     _threshold: int = 0
+    _level: int = DEFAULT_LEVEL
     _clock: Clock | None = None
     _timer: Any = None
     _sending: int = _UNDECIDED
@@ -85,8 +86,11 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     _in_window: bytes = b""
 
     @classmethod
-    def adopt(cls, pmc: Any, threshold: int, clock: Clock) -> LeanDeflate:
-        """A LeanDeflate with the parameters Autobahn negotiated into ``pmc``."""
+    def adopt(
+        cls, pmc: Any, threshold: int, clock: Clock, level: int = DEFAULT_LEVEL
+    ) -> LeanDeflate:
+        """A LeanDeflate with the parameters Autobahn negotiated into ``pmc``,
+        compressing at zlib's ``level``."""
         lean = cls(
             pmc._is_server,
             pmc.server_no_context_takeover,
@@ -97,6 +101,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             pmc.max_message_size,
         )
         lean._threshold = threshold
+        lean._level = level
         lean._compressor = pmc._compressor
         lean._decompressor = pmc._decompressor
         if not lean.holds_zlib:
@@ -191,7 +196,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         if self._compressor is None or self._out_resets:
             window = self._out_window
             self._compressor = zlib.compressobj(
-                zlib.Z_DEFAULT_COMPRESSION,
+                self._level,
                 zlib.DEFLATED,
                 -self._out_bits,
                 self.mem_level,

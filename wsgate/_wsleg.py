@@ -117,7 +117,8 @@ class RelayedLeg(TransportLeg):
         # compresses only what pays and drops its zlib states when idle.
         pmc = self._perMessageCompress
         if pmc is not None:
-            lean = LeanDeflate.adopt(pmc, self.deflate_policy.threshold, self.factory.reactor)
+            policy = self.deflate_policy
+            lean = LeanDeflate.adopt(pmc, policy.threshold, self.factory.reactor, policy.level)
             self._perMessageCompress = lean
             in_use = self.websocket_extensions_in_use
             in_use[:] = [lean if ext is pmc else ext for ext in in_use]
