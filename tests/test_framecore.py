@@ -36,12 +36,12 @@ def test_reader_reads_rfc6455_examples() -> None:
     """A masked "Hello" (the RFC's own bytes) and a fragmented unmasked one."""
     reader = framecore.Reader(True)
     reader.feed(bytes.fromhex("818537fa213d7f9f4d5158"))
-    assert reader.next() == (0, False)
+    assert reader.next() == (0, False, False)
     assert reader.next() == (1, b"Hello", True)
     assert reader.next() is None
     reader = framecore.Reader(False)
     reader.feed(bytes.fromhex("010348656c") + bytes.fromhex("89") + b"\x00" + b"\x80\x02lo")
-    assert reader.next() == (0, False)
+    assert reader.next() == (0, False, False)
     assert reader.next() == (1, b"Hel", False)
     assert reader.next() == (2, b"")  # a ping between the fragments
     assert reader.next() == (1, b"lo", True)
@@ -49,8 +49,9 @@ def test_reader_reads_rfc6455_examples() -> None:
 
 
 def test_reader_hands_off_what_is_not_plain() -> None:
-    """A close frame, a compressed frame, an unmasked client frame, a bad
-    opcode, a message over the limit: the reader stops before them."""
+    """A close frame, a compressed frame without permessage-deflate, an
+    unmasked client frame, a bad opcode, a message over the limit: the
+    reader stops before them."""
     for data in (b"\x88\x02\x03\xe8", b"\xc1\x01x", b"\x83\x00", b"\x82\x7e\x00\x10" + bytes(16)):
         reader = framecore.Reader(False, 10)
         reader.feed(data)
@@ -62,13 +63,51 @@ def test_reader_hands_off_what_is_not_plain() -> None:
     assert reader.next() == (4,)
 
 
+def test_reader_frames_a_compressed_message_and_leaves_its_bytes_alone() -> None:
+    """With permessage-deflate on, RSV1 starts a compressed message: the
+    reader unmasks it, does not validate its (deflated) bytes as UTF-8, and
+    counts its size as Autobahn does, the caller adding what inflating grew."""
+    reader = framecore.Reader(True, 100, True, True)
+    deflated = b"\xff\xfe\x00"  # not UTF-8, and need not be
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(deflated))
+    reader.feed(b"\x41\x83" + mask + masked)  # text, RSV1, not final
+    assert reader.next() == (0, False, True)
+    assert reader.next() == (1, deflated, False)
+    assert reader.total == 3
+    reader.total += 90  # it inflated to 93 bytes
+    reader.feed(b"\x80\x88" + mask + bytes(8))  # 93 + 8 > 100: Autobahn's verdict
+    assert reader.next() == (4,)
+    rest, inside, binary, total, pending, frame, _ = reader.handoff()
+    assert (len(rest), inside, binary, total, pending, frame) == (14, True, False, 93, None, None)
+    # The next message after the hand-off is plain again.
+    reader.feed(b"\x81\x81" + mask + bytes([ord("x") ^ 1]))
+    assert reader.next() == (0, False, False)
+
+
+def test_a_failed_frame_is_handed_back_not_ended() -> None:
+    """``handoff(True)`` right after a frame's last piece: the caller failed
+    on it, so Autobahn gets the frame as read but not ended."""
+    reader = framecore.Reader(False, 0, True, True)
+    reader.feed(b"\xc2\x02ab\x89\x00")
+    assert reader.next() == (0, True, True)
+    assert reader.next() == (1, b"ab", True)
+    rest, inside, binary, total, _, frame, _ = reader.handoff(True)
+    assert (rest, inside, binary, total) == (b"\x89\x00", True, True, 2)
+    assert frame == (2, True, 2, None, 2)
+    # Without reopen, or after another event, the frame is over.
+    reader.feed(b"\xc2\x02ab\x89\x00")
+    reader.next(), reader.next(), reader.next()
+    assert reader.handoff(True)[1] is False
+
+
 def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
     """The first fragment ends inside a code point; the second breaks it: the
     reader hands over before the second, with the pending byte."""
     euro = "€".encode()
     reader = framecore.Reader(False)
     reader.feed(b"\x01\x02a" + euro[:1] + b"\x80\x01\x41")
-    assert reader.next() == (0, False)
+    assert reader.next() == (0, False, False)
     assert reader.next() == (1, b"a" + euro[:1], False)
     assert reader.next() == (4,)
     assert reader.handoff() == (b"A", True, False, 3, euro[:1], (0, True, 1, None, 0), 2)
@@ -96,7 +135,7 @@ def test_many_empty_frames_in_one_read() -> None:
     reader = framecore.Reader(True)
     empty = b"\x00\x80" + bytes(4)
     reader.feed(b"\x01\x80" + bytes(4) + empty * 50_000 + b"\x80\x81" + bytes(4) + b"x")
-    assert reader.next() == (0, False)
+    assert reader.next() == (0, False, False)
     assert reader.next() == (1, b"x", True)
     assert reader.next() is None
 
@@ -109,11 +148,11 @@ def test_a_drained_reader_lets_go_of_its_read() -> None:
     before = sys.getrefcount(data)
     reader.feed(data)
     assert sys.getrefcount(data) == before + 1
-    assert reader.next() == (0, True)
+    assert reader.next() == (0, True, False)
     assert reader.next() == (1, bytes(256), True)
     assert reader.next() is None
     assert sys.getrefcount(data) == before
     reader.feed(b"\x82\x00")  # a zero-length frame ending the read still ends its message
-    assert reader.next() == (0, True)
+    assert reader.next() == (0, True, False)
     assert reader.next() == (1, b"", True)
     assert reader.next() is None

@@ -198,10 +198,12 @@ def _encode(opcode: int, payload: bytes, fin: bool, rsv: int, masked: bool, wide
 
 
 @st.composite
-def _message(draw: st.DrawFn, masked: bool, deflate: bool = False) -> bytes:
+def _message(draw: st.DrawFn, masked: bool, deflate: bool = False, shared: Any = None) -> bytes:
     """A message, fragmented at random byte positions (UTF-8 split too),
     sometimes with bad UTF-8, sometimes too big, with pings between fragments;
-    with ``deflate``, sometimes compressed (and then sometimes corrupt)."""
+    with ``deflate``, sometimes compressed (and then sometimes corrupt, or
+    small on the wire and too big inflated), by the ``shared`` compressor
+    when given (context takeover: it refers back to earlier messages)."""
     binary = draw(st.booleans())
     if binary:
         payload = draw(st.binary(max_size=400))
@@ -214,7 +216,9 @@ def _message(draw: st.DrawFn, masked: bool, deflate: bool = False) -> bytes:
     rsv = 0
     if deflate and draw(st.booleans()):
         rsv = 4
-        compressor = zlib.compressobj(wbits=-15)
+        if draw(st.integers(0, 5)) == 0:
+            payload = b"a" * draw(st.integers(_LIMIT - 50, 5 * _LIMIT))
+        compressor = shared or zlib.compressobj(wbits=-15)
         payload = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
         payload = payload[:-4] if draw(st.integers(0, 9)) else payload[:-4] + b"\xff\xfe"
     cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
@@ -259,7 +263,8 @@ def _odd_frame(draw: st.DrawFn, masked: bool) -> bytes:
 
 @st.composite
 def _stream(draw: st.DrawFn, masked: bool, deflate: bool = False) -> tuple[bytes, list[int]]:
-    message = _message(masked, deflate)
+    shared = zlib.compressobj(wbits=-15) if deflate and draw(st.booleans()) else None
+    message = _message(masked, deflate, shared)
     parts = draw(
         st.lists(
             st.one_of(
@@ -305,8 +310,9 @@ def test_both_paths_give_the_same_verdicts(server: bool, data: Any, hold: bool) 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), hold=st.booleans())
 def test_both_paths_agree_with_deflate_negotiated(server: bool, data: Any, hold: bool) -> None:
-    """Compressed messages (corrupt ones too) between plain ones: the reader
-    hands each to Autobahn's decompressor and takes the stream back after it."""
+    """Compressed messages (corrupt ones, bombs too) between plain ones: the
+    compiled reader frames them and the leg inflates, checks and relays them
+    as Autobahn's parser does."""
     stream, cuts = data.draw(_stream(masked=server, deflate=True))
     python = _run(server, False, hold, stream, cuts, deflate=True)
     compiled = _run(server, True, hold, stream, cuts, deflate=True)

@@ -2,16 +2,21 @@
  *
  * Reader: parses the frames of an open connection, unmasks them, validates
  * UTF-8 across the frames of a text message and counts the message's size.
- * It handles only the plain case (data frames without RSV bits, pings and
- * pongs); anything else (a close frame, a compressed message, a protocol
- * error, bad UTF-8, a message over the limit) makes it stop *before* that
- * frame or payload piece and hand the stream, with the message's state, to
- * Autobahn's parser, which then gives the verdict it always gave.
+ * It handles data frames, pings and pongs; anything else (a close frame, a
+ * protocol error, bad UTF-8, a message over the limit) makes it stop
+ * *before* that frame or payload piece and hand the stream, with the
+ * message's state, to Autobahn's parser, which then gives the verdict it
+ * always gave. A compressed message (RSV1, permessage-deflate negotiated)
+ * is framed and unmasked here; its caller inflates it, checks the inflated
+ * size (adding what inflating grew to ``total``) and validates its UTF-8,
+ * as Autobahn's parser would.
  *
  * frame(): builds one outgoing frame (header, optional mask, payload).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
@@ -119,7 +124,9 @@ typedef struct {
     /* the message */
     int inside;
     int binary;
-    long long total;         /* declared payload bytes of the message's frames so far */
+    int compressed;          /* the message's first frame had RSV1: its payload is deflated */
+    long long total;         /* declared payload bytes of the message's frames so far (for a
+                              * compressed message, plus what inflating grew: the caller's) */
     long long received;      /* payload bytes of the message read so far */
     utf8_state utf8;
     /* the frame (in_frame: its header is consumed, its payload is not all read) */
@@ -128,6 +135,7 @@ typedef struct {
     uint64_t length, pointer;
     uint8_t mask[4];
     int has_mask;
+    int just_finished;       /* the last event was the last piece of its frame */
 } Reader;
 
 static void
@@ -137,12 +145,14 @@ reader_reset(Reader *r)
     r->pos = 0;
     r->inside = 0;
     r->binary = 0;
+    r->compressed = 0;
     r->total = 0;
     r->received = 0;
     memset(&r->utf8, 0, sizeof r->utf8);
     r->in_frame = 0;
     r->length = r->pointer = 0;
     r->has_mask = 0;
+    r->just_finished = 0;
 }
 
 static int
@@ -223,12 +233,13 @@ ev1(int kind)
     return Py_BuildValue("(i)", kind);
 }
 
-/* The next event: None (more bytes needed), (0, binary) a message begins,
+/* The next event: None (more bytes needed), (0, binary, compressed) a message begins,
  * (1, payload, final) a piece of it, (2, payload) a ping, (3, payload) a pong,
  * (4,) hand the stream to Autobahn (see handoff()). */
 static PyObject *
 Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
 {
+    r->just_finished = 0;
     if (r->buf == NULL)
         Py_RETURN_NONE;
     const uint8_t *base = (const uint8_t *)PyBytes_AS_STRING(r->buf);
@@ -249,7 +260,7 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
                 Py_RETURN_NONE;
             int last = (uint64_t)n == remaining;
             int final = last && r->fin;
-            if (!r->binary && r->validate) {
+            if (!r->binary && r->validate && !r->compressed) {
                 /* Validate on a copy of the state: a bad piece (or a message that
                  * ends inside a code point) goes to Autobahn unread. */
                 utf8_state s = r->utf8;
@@ -288,6 +299,7 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
             }
             if (payload == NULL)
                 continue;  /* an empty non-final piece: nothing to say */
+            r->just_finished = last;
             return Py_BuildValue("(iNO)", EV_DATA, payload, final ? Py_True : Py_False);
         }
 
@@ -313,8 +325,8 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
             return ev1(EV_HANDOFF);
         if (avail < hlen)
             Py_RETURN_NONE;
-        if (rsv != 0 || opcode == 8)
-            return ev1(EV_HANDOFF);  /* a compressed message, a close: Autobahn's */
+        if (opcode == 8)
+            return ev1(EV_HANDOFF);  /* a close: Autobahn's */
         uint64_t length = len1;
         const uint8_t *p = h + 2;
         if (len1 == 126) {
@@ -360,19 +372,31 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
         if (opcode != 0) {
             r->inside = 1;
             r->binary = opcode == 2;
+            r->compressed = rsv == 4;  /* the only RSV a data frame gets here with */
             r->received = 0;
             memset(&r->utf8, 0, sizeof r->utf8);
-            return Py_BuildValue("(iO)", EV_BEGIN, r->binary ? Py_True : Py_False);
+            return Py_BuildValue("(iOO)", EV_BEGIN, r->binary ? Py_True : Py_False,
+                                 r->compressed ? Py_True : Py_False);
         }
     }  /* a continuation frame: its payload next */
 }
 
 /* Give up the stream: (rest, inside_message, binary, total, utf8_pending or
  * None, frame or None, received) with frame = (opcode, fin, length, mask or
- * None, pointer); the reader starts afresh, outside any message. */
+ * None, pointer); the reader starts afresh, outside any message. With
+ * reopen true, a frame whose last piece was the last event is given as not
+ * yet ended (all read, its end not processed): the caller failed on that
+ * piece, and Autobahn's parser, failing there, would not have ended it. */
 static PyObject *
-Reader_handoff(Reader *r, PyObject *Py_UNUSED(ignored))
+Reader_handoff(Reader *r, PyObject *args)
 {
+    int reopen = 0;
+    if (!PyArg_ParseTuple(args, "|p", &reopen))
+        return NULL;
+    if (reopen && r->just_finished) {
+        r->in_frame = 1;
+        r->inside = 1;
+    }
     PyObject *rest;
     if (r->buf)
         rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(r->buf) + r->pos,
@@ -382,7 +406,7 @@ Reader_handoff(Reader *r, PyObject *Py_UNUSED(ignored))
     if (!rest)
         return NULL;
     PyObject *pending;
-    if (r->inside && !r->binary && r->validate)
+    if (r->inside && !r->binary && r->validate && !r->compressed)
         pending = PyBytes_FromStringAndSize((const char *)r->utf8.pend, r->utf8.npend);
     else {
         pending = Py_None;
@@ -415,8 +439,15 @@ Reader_handoff(Reader *r, PyObject *Py_UNUSED(ignored))
 static PyMethodDef Reader_methods[] = {
     {"feed", (PyCFunction)Reader_feed, METH_O, "Append bytes read from the peer."},
     {"next", (PyCFunction)Reader_next, METH_NOARGS, "The next event, or None."},
-    {"handoff", (PyCFunction)Reader_handoff, METH_NOARGS,
+    {"handoff", (PyCFunction)Reader_handoff, METH_VARARGS,
      "Give the unread stream and the message's state to Autobahn's parser."},
+    {NULL}
+};
+
+static PyMemberDef Reader_members[] = {
+    {"total", T_LONGLONG, offsetof(Reader, total), 0,
+     "The message's size so far as Autobahn counts it (a compressed message's caller adds "
+     "what inflating grew)."},
     {NULL}
 };
 
@@ -430,6 +461,7 @@ static PyTypeObject ReaderType = {
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_methods = Reader_methods,
+    .tp_members = Reader_members,
 };
 
 /* -- writing ------------------------------------------------------------------ */

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket import protocol as _autobahn
 from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 from autobahn.websocket.xormasker import XorMaskerNull
@@ -89,6 +90,11 @@ class RelayedLeg(TransportLeg):
     #: Whether the compiled reader holds the stream (else Autobahn's parser:
     #: before the leg opens, after a hand-off until the next message, closing).
     _compiled_reads: bool = False
+    #: The compiled reader's message is compressed: this leg inflates it.
+    _inflating: bool = False
+    #: ... and validates its inflated text with Autobahn's validator, whose
+    #: last verdict this is (None: not validated).
+    _inflated_utf8: tuple[bool, bool, int, int] | None = None
 
     #: This leg's permessage-deflate policy (its threshold counts once open).
     deflate_policy: DeflatePolicy = DeflatePolicy()
@@ -415,9 +421,10 @@ class RelayedLeg(TransportLeg):
         return True
 
     def _read_compiled(self) -> None:
-        """Dispatch what the compiled reader found; when it meets anything but
-        the plain case, or this leg stops being open, Autobahn's parser takes
-        the stream from that very byte, with the message's state."""
+        """Dispatch what the compiled reader found (a compressed message is
+        inflated here); when it meets anything else (a close frame, a
+        protocol error), or this leg stops being open, Autobahn's parser
+        takes the stream from that very byte, with the message's state."""
         reader = self._reader
         relay = self.relay
         side = self.side
@@ -427,9 +434,19 @@ class RelayedLeg(TransportLeg):
                 return
             kind = event[0]
             if kind == 1:
-                relay.message_data(side, event[1], event[2])  # type: ignore[union-attr]
+                if self._inflating:
+                    if not self._inflate(event[1], event[2]):
+                        # Failed where Autobahn's parser fails: it has the
+                        # frame, not ended, and the rest of this read waits
+                        # for the next read, as there.
+                        self._hand_off(reader, reopen=True)
+                        return
+                else:
+                    relay.message_data(side, event[1], event[2])  # type: ignore[union-attr]
             elif kind == 0:
                 self.onMessageBegin(event[1])
+                if event[2]:
+                    self._begin_inflating(event[1])
             elif kind == 2:
                 self._onPing(event[1])  # type: ignore[attr-defined]
             elif kind == 3:
@@ -440,19 +457,106 @@ class RelayedLeg(TransportLeg):
                 if not (self._core is not None and self._may_read_compiled()):
                     return
 
-    def _hand_off(self, reader: Any) -> None:
+    def _begin_inflating(self, binary: bool) -> None:
+        """A compressed message begins on the compiled path (Autobahn's
+        ``onFrameBegin`` for RSV1)."""
+        self._inflating = True
+        self._perMessageCompress.start_decompress_message()
+        me: Any = self
+        if not binary and me.utf8validateIncoming:
+            me.utf8validator.reset()
+            self._inflated_utf8 = (True, True, 0, 0)
+        else:
+            self._inflated_utf8 = None
+
+    def _inflate(self, payload: bytes, final: bool) -> bool:
+        """Inflate a piece of a compressed message and relay it, step by step
+        as Autobahn's ``onFrameData`` and ``onFrameEnd`` do (the same checks,
+        verdicts and close reasons, and, as there, a UTF-8 failure that does
+        not drop the connection goes on); False: stop reading, as there."""
+        me: Any = self
+        reader = self._reader
+        pmc = self._perMessageCompress
+        limit = me.maxMessagePayloadSize
+        size = len(payload)
+        # The reader's total counts this piece's frame already, compressed.
+        budget = limit - (reader.total - size) if limit > 0 else None
+        try:
+            data = pmc.decompress_message_data(payload, max_output_len=budget)
+        except PayloadExceededError:
+            if not self.failedByMe:
+                me.wasMaxMessagePayloadSizeExceeded = True
+                me._max_message_size_exceeded(
+                    limit,
+                    limit,
+                    "received WebSocket message exceeds payload limit of "
+                    f"{limit} octets after decompression",
+                )
+            return False
+        except PayloadCorruptError as e:
+            if not self.failedByMe:
+                me._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
+            return False
+        if not self.failedByMe:
+            reader.total += len(data) - size
+            if 0 < limit < reader.total:
+                me.wasMaxMessagePayloadSizeExceeded = True
+                me._max_message_size_exceeded(
+                    reader.total,
+                    limit,
+                    f"received WebSocket message size {reader.total} exceeds payload limit "
+                    f"of {limit} octets",
+                )
+                return False
+        if self._inflated_utf8 is not None:
+            last = self._inflated_utf8 = me.utf8validator.validate(data)
+            if not last[0] and me._invalid_payload(
+                "encountered invalid UTF-8 while processing text message at payload "
+                f"octet index {last[3]}"
+            ):
+                return False
+        if final:
+            try:
+                pmc.end_decompress_message()
+            except PayloadCorruptError as e:
+                if not self.failedByMe:
+                    me._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
+                return False
+            last = self._inflated_utf8
+            if (
+                last is not None
+                and not last[1]
+                and me._invalid_payload(
+                    "UTF-8 text message payload ended within Unicode code point at "
+                    f"payload octet index {last[3]}"
+                )
+            ):
+                return False
+            self._inflating = False
+        if (data or final) and self._held is None and self.relay is not None:
+            self.relay.message_data(self.side, data, final)
+        return True
+
+    def _hand_off(self, reader: Any, reopen: bool = False) -> None:
         """Give Autobahn's parser the unread bytes and the state it would have
-        reached itself."""
-        rest, inside, binary, total, pending, frame, received = reader.handoff()
+        reached itself (``reopen``: see the reader's ``handoff``)."""
+        rest, inside, binary, total, pending, frame, received = reader.handoff(reopen)
         self._compiled_reads = False
         self.data = rest
         self.inside_message = inside
         me: Any = self
+        inflating, self._inflating = self._inflating, False
         if inside:
             me.message_is_binary = binary
             me.message_data_total_length = total
-            me._isMessageCompressed = False
-            me.utf8validateIncomingCurrentMessage = pending is not None
+            me._isMessageCompressed = inflating
+            if inflating:
+                last = self._inflated_utf8
+                me.utf8validateIncomingCurrentMessage = last is not None
+                if last is not None:
+                    me.utf8validateLast = last
+            else:
+                me.utf8validateIncomingCurrentMessage = pending is not None
             if pending is not None:
                 me.utf8validateLast = _resume_validator(me.utf8validator, received, pending)
         if frame is None:
