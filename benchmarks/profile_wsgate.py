@@ -2,7 +2,7 @@
 """Profile wsgate under one benchmark scenario with py-spy.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile_wsgate.py [--scenario rtt64_50] [--seconds 10]
+    .venv/bin/python benchmarks/profile_wsgate.py [--scenario rtt64_50] [--seconds 10] [--native]
 
 Runs the benchmark's echo backend and load generator (CPU 0) against one
 wsgate (CPU 1), samples wsgate with ``py-spy record`` while the load runs,
@@ -91,6 +91,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=30)
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="sample C frames too (zlib, OpenSSL, the compiled frame path) instead of\n"
+        "charging them to the Python function that called them",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -121,7 +127,9 @@ def main() -> int:
             deadline = time.monotonic() + args.seconds + 60
             c.event("start", deadline)
             a = bench.snapshot(gate.pid, backend_pid)
-            spy_argv = [pyspy, "record", "--pid", str(gate.pid), "--nonblocking"]
+            spy_argv = [pyspy, "record", "--pid", str(gate.pid)]
+            # --native must stop the process to unwind its C stacks.
+            spy_argv += ["--native"] if args.native else ["--nonblocking"]
             spy_argv += ["--format", "raw", "--output", str(out / "profile.txt")]
             spy_argv += ["--duration", str(int(args.seconds)), "--rate", str(args.rate)]
             spy = subprocess.run(
