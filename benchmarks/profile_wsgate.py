@@ -2,7 +2,7 @@
 """Profile wsgate under one benchmark scenario with py-spy.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python benchmarks/profile_wsgate.py [--scenario rtt64_50] [--seconds 10] [--native]
+    .venv/bin/python benchmarks/profile_wsgate.py [--scenario rtt64_50] [--seconds 10] [--perf]
 
 Runs the benchmark's echo backend and load generator (CPU 0) against one
 wsgate (CPU 1), samples wsgate with ``py-spy record`` while the load runs,
@@ -12,6 +12,12 @@ and writes to OUT (default benchmarks/results/profile-SCENARIO/):
   read them);
 - ``profile.md``: the top functions by self and by inclusive share of the
   samples (idle samples, wsgate waiting in epoll, are left out by py-spy).
+
+With ``--perf`` it samples with Linux ``perf`` (Debian's ``linux-perf``)
+instead, which sees C code and the kernel without stopping wsgate:
+``profile.md`` then gives the CPU's shares by shared object (the Python
+interpreter running wsgate's and Autobahn's Python, the kernel's TCP work,
+zlib, libc's copies, OpenSSL, the compiled frame path) and the top symbols.
 """
 
 from __future__ import annotations
@@ -84,24 +90,53 @@ def summarize(collapsed: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def perf_summary(perf: str, data: Path, top: int) -> str:
+    """perf's shares of the samples by shared object, then by symbol."""
+    out: list[str] = []
+    for title, keys, rows in (("By shared object", "dso", 12), ("By symbol", "dso,sym", top)):
+        report = subprocess.run(
+            [perf, "report", "-i", str(data), "--no-children", "--sort", keys, "--stdio"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        out += [f"## {title}", "", "| % | where |", "|---:|---|"]
+        shown = 0
+        for line in report.splitlines():
+            share, _, where = line.strip().partition(" ")
+            if not share.endswith("%") or line.lstrip().startswith("#"):
+                continue
+            out.append(f"| {share[:-1]} | `{' '.join(where.split())}` |")
+            shown += 1
+            if shown == rows:
+                break
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scenario", choices=sorted(CLIENTS), default="rtt64_50")
     p.add_argument("--tls", action="store_true", help="profile the TLS listener")
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--rate", type=int, default=200, help="samples per second")
     p.add_argument("--top", type=int, default=30)
     p.add_argument(
-        "--native",
+        "--perf",
         action="store_true",
-        help="sample C frames too (zlib, OpenSSL, the compiled frame path) instead of\n"
-        "charging them to the Python function that called them",
+        help="sample with Linux perf: shares by shared object (interpreter, kernel,\n"
+        "zlib, libc, OpenSSL) instead of Python functions",
     )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(pyspy).exists():
-        p.error("py-spy not found: pip install py-spy")
+    if args.perf:
+        sampler = shutil.which("perf") or ""
+        if not sampler:
+            p.error("perf not found: apt install linux-perf")
+    else:
+        sampler = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(sampler).exists():
+            p.error("py-spy not found: pip install py-spy")
     out = args.out or HERE / "results" / f"profile-{args.scenario}{'-tls' if args.tls else ''}"
     out.mkdir(parents=True, exist_ok=True)
     mode, client, path = CLIENTS[args.scenario]
@@ -127,11 +162,13 @@ def main() -> int:
             deadline = time.monotonic() + args.seconds + 60
             c.event("start", deadline)
             a = bench.snapshot(gate.pid, backend_pid)
-            spy_argv = [pyspy, "record", "--pid", str(gate.pid)]
-            # --native must stop the process to unwind its C stacks.
-            spy_argv += ["--native"] if args.native else ["--nonblocking"]
-            spy_argv += ["--format", "raw", "--output", str(out / "profile.txt")]
-            spy_argv += ["--duration", str(int(args.seconds)), "--rate", str(args.rate)]
+            if args.perf:
+                spy_argv = [sampler, "record", "-F", str(args.rate), "-p", str(gate.pid)]
+                spy_argv += ["-o", str(out / "perf.data"), "--", "sleep", str(int(args.seconds))]
+            else:
+                spy_argv = [sampler, "record", "--pid", str(gate.pid), "--nonblocking"]
+                spy_argv += ["--format", "raw", "--output", str(out / "profile.txt")]
+                spy_argv += ["--duration", str(int(args.seconds)), "--rate", str(args.rate)]
             spy = subprocess.run(
                 spy_argv,
                 capture_output=True,
@@ -152,7 +189,8 @@ def main() -> int:
     head = [
         f"# wsgate profile: {args.scenario}{' (TLS)' if args.tls else ''}",
         "",
-        f"py-spy at {args.rate} Hz for {args.seconds:g} s; wsgate at "
+        f"{'perf' if args.perf else 'py-spy'} at {args.rate} Hz for {args.seconds:g} s; "
+        "wsgate at "
         f"{w['proxy_cpu_pct']:.0f}% of CPU {bench.PROXY_CPU} (other load on it "
         f"{w['cpu1_other_pct']:.0f}%); client figures: "
         + ", ".join(
@@ -162,7 +200,10 @@ def main() -> int:
         ),
         "",
     ]
-    md = "\n".join(head) + summarize(out / "profile.txt", args.top)
+    if args.perf:
+        md = "\n".join(head) + perf_summary(sampler, out / "perf.data", args.top)
+    else:
+        md = "\n".join(head) + summarize(out / "profile.txt", args.top)
     (out / "profile.md").write_text(md + "\n")
     print(md)
     return 0
