@@ -134,31 +134,31 @@ class RelayedLeg(TransportLeg):
     def keep_alive(self, clock: Clock, interval: float, timeout: float) -> None:
         """Ping this leg's peer after ``interval`` quiet seconds; drop it when
         no frame comes back within ``timeout`` (0 interval: never ping)."""
-        relay = self.relay
-        if interval > 0 and self.state == _OPEN and self._keepalive is None and relay is not None:
-            side = self.side
-            self._keepalive = Keepalive(
-                clock,
-                interval,
-                timeout,
-                self._keepalive_ping,
-                lambda: self._peer_unresponsive(timeout),
-                lambda: relay.heard_at(side),
-            )
+        if (
+            interval > 0
+            and self.state == _OPEN
+            and self._keepalive is None
+            and self.relay is not None
+        ):
+            self._keepalive = Keepalive(clock, interval, timeout, self)
 
-    def _keepalive_ping(self) -> bool:
+    def keepalive_heard_at(self) -> float:
+        assert self.relay is not None
+        return self.relay.heard_at(self.side)
+
+    def keepalive_ping(self) -> bool:
         if self.state != _OPEN or self._held is not None:
             return False  # closing: the close timeout watches the peer now
         self.sendPing(_PING_PAYLOAD)  # type: ignore[attr-defined]
         return True
 
-    def _peer_unresponsive(self, timeout: float) -> None:
+    def keepalive_dead(self) -> None:
         """A ping went unanswered: the peer is gone. The other leg is told
         first (1011 to the client for a dead backend, 1001 to the backend for
         a dead client), then this TCP connection is dropped."""
-        if self.state != _OPEN:
+        if self.state != _OPEN or self._keepalive is None:
             return
-        self._dropped_why = f"no pong within {timeout:g} s"
+        self._dropped_why = f"no pong within {self._keepalive.timeout:g} s"
         self._tell_ending(Cause.DROPPED, None, self._dropped_why)
         self.transport.abortConnection()
 
