@@ -163,6 +163,18 @@ def test_open_legs_drop_the_handshake_and_keep_a_compact_dict(
     assert gate.backend.events.messages == [(b"still here", True)]
 
 
+def test_open_legs_still_send_chopped_and_synced_writes(reactor: MemoryReactorClock) -> None:
+    """An open leg holds no send queue until Autobahn's queued writes need one."""
+    gate = _gate(reactor)
+    gate.frontend.sendFrame(opcode=2, payload=b"chopped up", chopsize=3)
+    gate.frontend._backend.sendMessage(b"synced", True, sync=True)
+    gate.frontend.sendMessage(b"after", True)
+    for _ in range(10):
+        gate.net.advance(0.01)
+    assert gate.client.events.messages == [(b"chopped up", True), (b"after", True)]
+    assert gate.backend.events.messages == [(b"synced", True)]
+
+
 # -- backpressure -------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ even when no frame was sent yet (wrong for an empty message).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.websocket import protocol as _autobahn
@@ -52,6 +53,10 @@ _HANDSHAKE_ONLY = (
     "websocket_origin",
     "websocket_protocols",
 )
+
+#: An open leg's send queue until it queues something: empty, as Autobahn
+#: reads it (``len``), and shared.
+_NO_QUEUE: tuple[()] = ()
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
@@ -113,6 +118,7 @@ class RelayedLeg(TransportLeg):
     factory: Any
     remoteCloseCode: int | None
     remoteCloseReason: str | None
+    send_queue: Any  # a deque, or _NO_QUEUE
 
     def connectionMade(self) -> None:
         _sockets.no_delay(self.transport)
@@ -142,6 +148,10 @@ class RelayedLeg(TransportLeg):
         attributes = self.__dict__
         for name in _HANDSHAKE_ONLY + self._handshake_only:
             attributes.pop(name, None)
+        if not attributes.get("send_queue"):
+            # Autobahn queues only chopped or synced writes, which the relay
+            # never asks for: no empty deque (some 700 B) until one comes.
+            attributes["send_queue"] = _NO_QUEUE
         self.__dict__ = dict(attributes)
 
     # -- keepalive -------------------------------------------------------------
@@ -486,7 +496,9 @@ class RelayedLeg(TransportLeg):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.wire_out += len(data)
-        if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
+        if sync or chopsize or self.send_queue:
+            if self.send_queue is _NO_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
             _speedups.write(self.transport, data)
