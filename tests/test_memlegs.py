@@ -151,9 +151,14 @@ def test_open_legs_drop_the_handshake_and_keep_a_compact_dict(
     front, leg = gate.frontend, gate.frontend._backend
     for protocol in (front, leg):
         attributes = vars(protocol)
-        assert not {"http_request_data", "http_headers", "_wskey", "websocket_key"} & set(
-            attributes
-        )
+        assert not {
+            "http_request_data",
+            "http_headers",
+            "_wskey",
+            "websocket_key",
+            "_transport_details",
+        } & set(attributes)
+        assert protocol.transport_details is None
         # No table kept from before the handshake's attributes went.
         assert sys.getsizeof(attributes) <= sys.getsizeof(dict(attributes))
     assert "_head" not in vars(front)

@@ -41,6 +41,7 @@ _PING_PAYLOAD = b"wsgate"
 #: their parsed headers, the offers, the key. About 2 KiB per open connection.
 _HANDSHAKE_ONLY = (
     "_request",
+    "_transport_details",  # read at connect and open (then transport_details is None)
     "_wskey",
     "http_request_data",
     "http_response_data",
@@ -135,6 +136,8 @@ class RelayedLeg(TransportLeg):
             in_use[:] = [lean if ext is pmc else ext for ext in in_use]
         super()._onOpen()  # type: ignore[misc]
 
+    #: Autobahn's, dropped once open (``transport_details`` then says None).
+    _transport_details: Any = None
     #: A leg class's own attributes that only its opening handshake reads.
     _handshake_only: tuple[str, ...] = ()
 
