@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from peers import TIMEOUT, backend, client
 from rawws import raw_handshake
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.usage import UsageError
 from websockets.exceptions import ConnectionClosed
 
@@ -40,21 +43,22 @@ class Peer:
         self._clock = clock
         #: When the peer was last heard, as the relay would tell.
         self.heard_at = clock.seconds()
-        self.keepalive = Keepalive(
-            clock, interval, timeout, self._ping, self._dead, lambda: self.heard_at
-        )
+        self.keepalive = Keepalive(clock, interval, timeout, self)
 
     def heard(self) -> None:
         """The peer sent something (a message piece, a ping, a pong)."""
         self.heard_at = self._clock.seconds()
 
-    def _ping(self) -> bool:
+    def keepalive_heard_at(self) -> float:
+        return self.heard_at
+
+    def keepalive_ping(self) -> bool:
         if not self.open:
             return False
         self.pings.append(self._clock.seconds())
         return True
 
-    def _dead(self) -> None:
+    def keepalive_dead(self) -> None:
         assert self.dead_at is None
         self.dead_at = self._clock.seconds()
 
@@ -83,21 +87,17 @@ def test_what_the_relay_heard_postpones_the_ping_too() -> None:
     """The leg's keepalive reads the relay's time of the peer's last message
     piece at each tick: nothing is paid per read."""
     clock = Clock()
-    heard = [0.0]
-    pings: list[float] = []
-    Keepalive(
-        clock, 20, 20, lambda: pings.append(clock.seconds()) or True, lambda: None, lambda: heard[0]
-    )
+    peer = Peer(clock)
     clock.advance(15)
-    heard[0] = 15.0
+    peer.heard_at = 15.0
     clock.advance(19)
-    assert pings == []
+    assert peer.pings == []
     clock.advance(1)
-    assert pings == [35.0]
+    assert peer.pings == [35.0]
     clock.advance(3)
-    heard[0] = 38.0  # the pong, as the relay saw it
+    peer.heard_at = 38.0  # the pong, as the relay saw it
     clock.advance(20)
-    assert pings == [35.0, 58.0]
+    assert peer.pings == [35.0, 58.0]
 
 
 def test_an_answer_keeps_the_peer_and_pings_go_on() -> None:
@@ -160,6 +160,117 @@ def test_stop_cancels_the_timer() -> None:
     peer = Peer(clock)
     peer.keepalive.stop()
     assert clock.getDelayedCalls() == []
+
+
+# -- one timer for many legs -----------------------------------------------------
+
+
+def test_legs_due_in_the_same_second_share_one_timer() -> None:
+    """Idle connections are what a gateway holds most of: a thousand legs
+    opened within a second cost one DelayedCall, not a thousand."""
+    clock = Clock()
+    clock.advance(0.5)
+    peers = []
+    for _ in range(1000):
+        peers.append(Peer(clock))
+        clock.advance(0.0004)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(20.4 - clock.seconds())
+    assert all(p.pings == [] for p in peers)  # none pinged before its 20 quiet s
+    clock.advance(0.6)
+    assert all(p.pings == [21.0] for p in peers)  # all in the next whole second
+    assert len(clock.getDelayedCalls()) == 1  # their timeouts share one again
+
+
+def test_coarse_delays_are_never_early_and_at_most_a_second_late() -> None:
+    clock = Clock()
+    peers = []
+    for opened in (0.0, 0.25, 0.5, 0.999, 1.0, 1.001):
+        clock.advance(opened - clock.seconds())
+        peers.append((opened, Peer(clock, interval=2, timeout=0)))
+    clock.pump([0.125] * 40)
+    for opened, peer in peers:
+        late = peer.pings[0] - (opened + 2)
+        assert 0 <= late <= 1, (opened, peer.pings)
+
+
+def test_short_delays_keep_their_exact_time() -> None:
+    clock = Clock()
+    peer = Peer(clock, interval=0.5, timeout=0.5)
+    clock.advance(0.49)
+    assert peer.pings == []
+    clock.advance(0.01)
+    assert peer.pings == [0.5]
+    clock.advance(0.5)
+    assert peer.dead_at == 1.0
+
+
+def test_a_stopped_leg_is_skipped_and_released() -> None:
+    """Stopping marks the leg's entry (no search through its slot); the leg
+    itself is let go at once, and the others in its slot still tick."""
+    clock = Clock()
+    kept, stopped = Peer(clock), Peer(clock)
+    ref = weakref.ref(stopped)
+    stopped.keepalive.stop()
+    del stopped
+    gc.collect()
+    assert ref() is None
+    clock.advance(20)
+    assert kept.pings == [20.0]
+
+
+def test_the_timer_goes_when_the_last_leg_stops() -> None:
+    clock = Clock()
+    peers = [Peer(clock, interval=2 + i) for i in range(5)]
+    for p in peers[:-1]:
+        p.keepalive.stop()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(2)  # the first slot's entry was stopped: nothing to do yet
+    assert peers[-1].pings == []
+    peers[-1].keepalive.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_earlier_leg_moves_the_timer_sooner() -> None:
+    clock = Clock()
+    slow = Peer(clock, interval=30)
+    fast = Peer(clock, interval=3)
+    clock.advance(3)
+    assert fast.pings == [3.0] and slow.pings == []
+    clock.advance(27)
+    assert slow.pings == [30.0]
+
+
+def test_a_failing_leg_does_not_stop_the_others() -> None:
+    clock = Clock()
+
+    class Broken(Peer):
+        def keepalive_ping(self) -> bool:
+            raise RuntimeError("boom")
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        broken = Broken(clock)
+        peer = Peer(clock)
+        clock.advance(20)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert peer.pings == [20.0]
+    assert not broken.keepalive.running
+    failures = [e["log_failure"] for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0].check(RuntimeError)
+    clock.advance(20)
+    assert peer.dead_at == 40.0  # its pong never came: the timer still ran
+
+
+def test_separate_clocks_keep_separate_timers() -> None:
+    one, two = Clock(), Clock()
+    a, b = Peer(one), Peer(two)
+    one.advance(20)
+    assert a.pings == [20.0] and b.pings == []
+    two.advance(20)
+    assert b.pings == [20.0]
 
 
 # -- end to end ----------------------------------------------------------------

@@ -7,6 +7,7 @@ sleeps, no global reactor.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,76 @@ def test_a_message_streams_before_its_end_arrives(reactor: MemoryReactorClock) -
     rest = bytes(raw.received[1008:])
     # A continuation of 10 bytes, then an empty final one (masks: 4 bytes each).
     assert rest[:2] == b"\x00\x8a" and rest[16:18] == b"\x80\x80" and len(rest) == 22
+
+
+# -- what an open connection holds --------------------------------------------------
+
+#: Options a connection sets itself once routed (its route's).
+_PER_ROUTE = {"maxMessagePayloadSize", "closeHandshakeTimeout", "perMessageCompressionAccept"}
+
+
+def test_open_legs_read_their_options_from_their_class_not_a_copy_each(
+    reactor: MemoryReactorClock,
+) -> None:
+    """Autobahn copies every option its protocol class lacks onto each
+    connection; the legs' classes carry their factory's, so an idle
+    connection holds none of them but its route's own."""
+    gate = _gate(
+        reactor,
+        False,
+        *("--max-message-size", "5000", "--handshake-timeout", "7", "--backend-deflate", "on"),
+    )
+    front, leg = gate.frontend, gate.frontend._backend
+    for protocol in (front, leg):
+        copied = set(vars(protocol)) & set(protocol.CONFIG_ATTRS)
+        assert copied <= _PER_ROUTE, copied
+        for name in set(protocol.CONFIG_ATTRS) - _PER_ROUTE:
+            # The factory's very value (a function not bound to the leg).
+            assert getattr(protocol, name) is getattr(protocol.factory, name), name
+        assert protocol.failByDrop is False
+        assert protocol.maxMessagePayloadSize == 5000
+    assert leg.openHandshakeTimeout == 7
+    assert front.openHandshakeTimeout == gate.factory.openHandshakeTimeout
+    # The limit still holds on both legs.
+    gate.client.sendMessage(b"x" * 5001, True)
+    gate.net.flush()
+    assert gate.client.events.closed is not None and gate.client.events.closed[1] == 1009
+
+
+def test_open_legs_drop_the_handshake_and_keep_a_compact_dict(
+    reactor: MemoryReactorClock,
+) -> None:
+    gate = _gate(reactor)
+    front, leg = gate.frontend, gate.frontend._backend
+    for protocol in (front, leg):
+        attributes = vars(protocol)
+        assert not {
+            "http_request_data",
+            "http_headers",
+            "_wskey",
+            "websocket_key",
+            "_transport_details",
+        } & set(attributes)
+        assert protocol.transport_details is None
+        # No table kept from before the handshake's attributes went.
+        assert sys.getsizeof(attributes) <= sys.getsizeof(dict(attributes))
+    assert "_head" not in vars(front)
+    # And the connection works on.
+    gate.client.sendMessage(b"still here", True)
+    gate.net.flush()
+    assert gate.backend.events.messages == [(b"still here", True)]
+
+
+def test_open_legs_still_send_chopped_and_synced_writes(reactor: MemoryReactorClock) -> None:
+    """An open leg holds no send queue until Autobahn's queued writes need one."""
+    gate = _gate(reactor)
+    gate.frontend.sendFrame(opcode=2, payload=b"chopped up", chopsize=3)
+    gate.frontend._backend.sendMessage(b"synced", True, sync=True)
+    gate.frontend.sendMessage(b"after", True)
+    for _ in range(10):
+        gate.net.advance(0.01)
+    assert gate.client.events.messages == [(b"chopped up", True), (b"after", True)]
+    assert gate.backend.events.messages == [(b"synced", True)]
 
 
 # -- backpressure -------------------------------------------------------------------

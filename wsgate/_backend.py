@@ -23,7 +23,7 @@ from wsgate._config import AnyBackend, Backend, RouteSettings, StreamBackend
 from wsgate._connect import BackendError, BackendRequest, Connector, endpoint
 from wsgate._tcpleg import StreamConnector
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
-from wsgate._wsleg import RelayedLeg, leg_options
+from wsgate._wsleg import RelayedLeg, leg_options, with_options
 
 
 class BackendProtocol(RelayedLeg, WebSocketClientProtocol):  # type: ignore[misc]
@@ -125,6 +125,7 @@ class BackendConnector(Connector[BackendProtocol]):
             perMessageCompressionOffers=_deflate.client_offers(policy),
             perMessageCompressionAccept=_deflate.client_accept(policy),
         )
+        self._protocol = with_options(BackendProtocol, self._factory)
         tls = backend_tls_options(backend, settings) if backend.secure else None
         timeout = settings.connect_timeout
         to = endpoint(reactor, backend.host, backend.port, timeout, tls=tls)
@@ -132,7 +133,7 @@ class BackendConnector(Connector[BackendProtocol]):
 
     def _leg(self, request: BackendRequest) -> BackendProtocol:
         backend = self._backend
-        protocol = BackendProtocol(
+        protocol = self._protocol(
             ConnectingRequest(
                 host=backend.host,
                 port=backend.port,

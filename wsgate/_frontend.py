@@ -23,7 +23,7 @@ from wsgate._config import AnyBackend, RouteSettings, StreamBackend
 from wsgate._frontdoor import DoorFactory, FrontDoor
 from wsgate._liveroutes import BackendRequest, ListenerRoutes, Request
 from wsgate._relay import Relay
-from wsgate._wsleg import RelayedLeg, leg_options
+from wsgate._wsleg import RelayedLeg, leg_options, with_options
 
 _log = Logger(namespace="wsgate")
 
@@ -42,6 +42,8 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     #: What the open log line said, repeated as fields of the close event.
     _opened_fields: dict[str, Any] | None = None
     _connect_started: float = 0.0
+    # _connecting is None by then: its class default.
+    _handshake_only = ("_head", "_route_path", "_connect_started", "_connecting")
 
     # -- the WebSocket request: open the backend first ----------------------------
 
@@ -301,3 +303,4 @@ class FrontendFactory(DoorFactory):
             perMessageCompressionAccept=_deflate.server_accept(defaults.client_deflate),
         )
         self.server = None
+        self.protocol = with_options(FrontendProtocol, self)

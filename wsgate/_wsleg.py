@@ -10,7 +10,8 @@ even when no frame was sent yet (wrong for an empty message).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket import protocol as _autobahn
@@ -38,15 +39,26 @@ if TYPE_CHECKING:
 _PING_PAYLOAD = b"wsgate"
 
 #: What only the opening handshake reads: the request and response heads,
-#: their parsed headers, the offers. About 2 KiB per open connection.
+#: their parsed headers, the offers, the key. About 2 KiB per open connection.
 _HANDSHAKE_ONLY = (
     "_request",
+    "_transport_details",  # read at connect and open (then transport_details is None)
+    "_wskey",
     "http_request_data",
     "http_response_data",
     "http_headers",
+    "http_request_host",
     "http_request_params",
+    "http_request_path",
     "websocket_extensions",
+    "websocket_key",
+    "websocket_origin",
+    "websocket_protocols",
 )
+
+#: An open leg's send queue until it queues something: empty, as Autobahn
+#: reads it (``len``), and shared.
+_NO_QUEUE: tuple[()] = ()
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSING = WebSocketProtocol.STATE_CLOSING
@@ -113,6 +125,7 @@ class RelayedLeg(TransportLeg):
     factory: Any
     remoteCloseCode: int | None
     remoteCloseReason: str | None
+    send_queue: Any  # a deque, or _NO_QUEUE
 
     def connectionMade(self) -> None:
         _sockets.no_delay(self.transport)
@@ -130,42 +143,57 @@ class RelayedLeg(TransportLeg):
             in_use[:] = [lean if ext is pmc else ext for ext in in_use]
         super()._onOpen()  # type: ignore[misc]
 
+    #: Autobahn's, dropped once open (``transport_details`` then says None).
+    _transport_details: Any = None
+    #: A leg class's own attributes that only its opening handshake reads.
+    _handshake_only: tuple[str, ...] = ()
+
     def shed_handshake(self) -> None:
-        """Drop what only the opening handshake needed, once the relay runs."""
+        """Drop what only the opening handshake needed, once the relay runs.
+
+        A dict never shrinks on its own: the leg gets a copy sized for what
+        is left (Autobahn's state and ours, some 80 attributes: the next
+        size down, about 1.5 KiB less per leg).
+        """
         attributes = self.__dict__
-        for name in _HANDSHAKE_ONLY:
+        for name in _HANDSHAKE_ONLY + self._handshake_only:
             attributes.pop(name, None)
+        if not attributes.get("send_queue"):
+            # Autobahn queues only chopped or synced writes, which the relay
+            # never asks for: no empty deque (some 700 B) until one comes.
+            attributes["send_queue"] = _NO_QUEUE
+        self.__dict__ = dict(attributes)
 
     # -- keepalive -------------------------------------------------------------
 
     def keep_alive(self, clock: Clock, interval: float, timeout: float) -> None:
         """Ping this leg's peer after ``interval`` quiet seconds; drop it when
         no frame comes back within ``timeout`` (0 interval: never ping)."""
-        relay = self.relay
-        if interval > 0 and self.state == _OPEN and self._keepalive is None and relay is not None:
-            side = self.side
-            self._keepalive = Keepalive(
-                clock,
-                interval,
-                timeout,
-                self._keepalive_ping,
-                lambda: self._peer_unresponsive(timeout),
-                lambda: relay.heard_at(side),
-            )
+        if (
+            interval > 0
+            and self.state == _OPEN
+            and self._keepalive is None
+            and self.relay is not None
+        ):
+            self._keepalive = Keepalive(clock, interval, timeout, self)
 
-    def _keepalive_ping(self) -> bool:
+    def keepalive_heard_at(self) -> float:
+        assert self.relay is not None
+        return self.relay.heard_at(self.side)
+
+    def keepalive_ping(self) -> bool:
         if self.state != _OPEN or self._held is not None:
             return False  # closing: the close timeout watches the peer now
         self.sendPing(_PING_PAYLOAD)  # type: ignore[attr-defined]
         return True
 
-    def _peer_unresponsive(self, timeout: float) -> None:
+    def keepalive_dead(self) -> None:
         """A ping went unanswered: the peer is gone. The other leg is told
         first (1011 to the client for a dead backend, 1001 to the backend for
         a dead client), then this TCP connection is dropped."""
-        if self.state != _OPEN:
+        if self.state != _OPEN or self._keepalive is None:
             return
-        self._dropped_why = f"no pong within {timeout:g} s"
+        self._dropped_why = f"no pong within {self._keepalive.timeout:g} s"
         self._tell_ending(Cause.DROPPED, None, self._dropped_why)
         self.transport.abortConnection()
 
@@ -576,7 +604,9 @@ class RelayedLeg(TransportLeg):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         self.wire_out += len(data)
-        if sync or chopsize or self.send_queue:  # type: ignore[attr-defined]
+        if sync or chopsize or self.send_queue:
+            if self.send_queue is _NO_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
             _speedups.write(self.transport, data)
@@ -599,6 +629,28 @@ def _resume_validator(validator: Any, received: int, pending: bytes) -> Any:
     return last
 
 
+_Leg = TypeVar("_Leg", bound=RelayedLeg)
+
+
+def with_options(protocol: type[_Leg], factory: Any) -> type[_Leg]:
+    """``protocol`` with ``factory``'s Autobahn options as class attributes.
+
+    Autobahn copies every option its protocol class lacks onto each
+    connection (about 25 entries, which push a leg's ``__dict__`` into the
+    next size: some 1.5 KiB per leg); options its class has are read from
+    there. Make it once the factory's options are set (later changes to the
+    factory do not reach it); an option a connection sets (a route's size
+    limit) still goes on the connection.
+    """
+    options = {
+        # staticmethod: a function (the deflate accept function) read from a
+        # class would come back bound to the connection.
+        name: staticmethod(getattr(factory, name))
+        for name in protocol.CONFIG_ATTRS  # type: ignore[attr-defined]
+    }
+    return type(protocol.__name__, (protocol,), options)
+
+
 def leg_options(config: RouteSettings) -> dict[str, Any]:
     """Autobahn options both legs share. Autobahn's setProtocolOptions resets
     what it is not given, so each factory passes all of these at once."""
@@ -615,4 +667,4 @@ def leg_options(config: RouteSettings) -> dict[str, Any]:
     }
 
 
-__all__ = ["RelayedLeg", "leg_options", "truncate_reason"]
+__all__ = ["RelayedLeg", "leg_options", "truncate_reason", "with_options"]
