@@ -148,12 +148,24 @@ class Wsgate:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
         return [int(child) for child in children.split()]
 
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The log once it says ``text``. A worker's lines reach it through
+        the supervisor, a moment after the worker acted: what one process
+        has logged by the time its client sees an answer, a worker may not."""
+        assert self.log_path is not None and self.proc is not None, "started with a log_path"
+        self._wait_for_log(self.log_path, text, self.proc, timeout)
+        return self.log()
+
     def _wait_for_log(
         self, path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60
     ) -> None:
         deadline = time.monotonic() + timeout
-        while text not in (log := path.read_text(errors="replace")):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while True:
+            ended = proc.poll() is not None  # before the read: then the read has it all
+            log = path.read_text(errors="replace")
+            if text in log:
+                return
+            if ended or time.monotonic() > deadline:
                 raise RuntimeError(f"wsgate did not log {text!r}; its log:\n{log}")
             time.sleep(0.02)
 
