@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,19 @@ _CHROMIUM_ARGS = [
 ]
 #: Seconds Chromium may take to start.
 _LAUNCH_TIMEOUT = 30.0
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.single_process("why")``: a behaviour of each process on
+    its own (a limit counted per worker, as nginx's ``worker_connections``),
+    skipped when WSGATE_TEST_WORKERS runs the gateways as several workers."""
+    marker = item.get_closest_marker("single_process")
+    if marker is None:
+        return
+    (reason,) = marker.args  # a reason is required
+    workers = os.environ.get("WSGATE_TEST_WORKERS", "")
+    if workers not in ("", "1"):
+        pytest.skip(f"per process, and WSGATE_TEST_WORKERS={workers}: {reason}")
 
 
 @pytest.fixture

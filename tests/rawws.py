@@ -15,6 +15,8 @@ import socketserver
 import threading
 from collections.abc import AsyncIterator
 
+from wsgate.testing import Wsgate
+
 MIB = 1024 * 1024
 
 
@@ -24,6 +26,19 @@ def peak_rss(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
+
+
+class Peaks:
+    """From now on, the peak RSS of each process that serves ``gate``: every
+    worker of a ``--workers`` tree (the supervisor carries no traffic), or
+    the one process."""
+
+    def __init__(self, gate: Wsgate) -> None:
+        self._before = {pid: peak_rss(pid) for pid in gate.serving_pids()}
+
+    def growth(self) -> int:
+        """The most any of them grew."""
+        return max(peak_rss(pid) - before for pid, before in self._before.items())
 
 
 async def chunks(total: int, size: int = MIB) -> AsyncIterator[bytes]:

@@ -61,5 +61,5 @@ def test_autobahn_client_through_wsgate_to_autobahn_server(
     # The backend says what its leg negotiated; so does wsgate's log.
     assert bool(verdict["greeting"]["backend_leg_extensions"]) == (backend_deflate == "on")
     assert verdict["greeting"]["forwarded"]["x-forwarded-for"] == "127.0.0.1"
-    opened = next(line for line in gate.log().splitlines() if " open " in line)
+    opened = next(line for line in gate.wait_for_log(" open ").splitlines() if " open " in line)
     assert ("backend_ext=[permessage-deflate" in opened) == (backend_deflate == "on")

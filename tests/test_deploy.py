@@ -147,16 +147,13 @@ def from_address(address: str) -> dict[str, object]:
 @needs_haproxy
 def test_proxy_v2_gives_the_real_client_address(wsgate: GateFactory, tmp_path: Path) -> None:
     """The address HAProxy's PROXY v2 header carries (127.0.0.2, not HAProxy's
-    127.0.0.1) is in the log, in X-Forwarded-For and Forwarded, and is what
-    max_connections_per_ip counts."""
+    127.0.0.1) is in the log and in X-Forwarded-For and Forwarded."""
     listen, backend_port = free_port(), free_port()
     gate = wsgate(
         "--listen",
         f"haproxy:tcp:{listen}:interface=127.0.0.1",
         "--backend",
         f"ws://127.0.0.1:{backend_port}",
-        "--max-connections-per-ip",
-        "1",
         wait_port=listen,
     )
 
@@ -170,6 +167,37 @@ def test_proxy_v2_gives_the_real_client_address(wsgate: GateFactory, tmp_path: P
                 seen = await state.wait_seen()
                 assert seen.headers["X-Forwarded-For"] == "127.0.0.2"
                 assert seen.headers["Forwarded"].startswith("for=127.0.0.2;")
+
+    with haproxy(tmp_path, {"a": listen}) as proxy:
+        asyncio.run(main(proxy.port))
+    gate.wait_for_log("open tcp4:127.0.0.2:")
+
+
+@needs_haproxy
+@pytest.mark.single_process("max_connections_per_ip counts per worker (README, Workers)")
+def test_max_connections_per_ip_counts_the_address_proxy_v2_carries(
+    wsgate: GateFactory, tmp_path: Path
+) -> None:
+    """Behind HAProxy, every connection comes from 127.0.0.1: the limit counts
+    the real address, so 127.0.0.2's second one gets 503 and 127.0.0.3's is let in."""
+    listen, backend_port = free_port(), free_port()
+    gate = wsgate(
+        "--listen",
+        f"haproxy:tcp:{listen}:interface=127.0.0.1",
+        "--backend",
+        f"ws://127.0.0.1:{backend_port}",
+        "--max-connections-per-ip",
+        "1",
+        wait_port=listen,
+    )
+
+    async def main(port: int) -> None:
+        async with backend(backend_port):
+            url = f"ws://127.0.0.1:{port}/real"
+            async with client(url, **from_address("127.0.0.2")) as ws:
+                await ws.send("who")
+                async with asyncio.timeout(TIMEOUT):
+                    assert await ws.recv() == "who"
                 with pytest.raises(InvalidStatus) as refused:
                     async with client(url, **from_address("127.0.0.2")):
                         pass
@@ -182,8 +210,7 @@ def test_proxy_v2_gives_the_real_client_address(wsgate: GateFactory, tmp_path: P
 
     with haproxy(tmp_path, {"a": listen}) as proxy:
         asyncio.run(main(proxy.port))
-    assert "open tcp4:127.0.0.2:" in gate.log()
-    assert "open tcp4:127.0.0.3:" in gate.log()
+    gate.wait_for_log("open tcp4:127.0.0.3:")
 
 
 @needs_haproxy

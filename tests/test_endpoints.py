@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,12 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
                 assert await _talk(reader, writer, b"") == b"\x81\x02hi"
 
         asyncio.run(main())
+        # A worker's line reaches the log through its supervisor, a moment later.
+        deadline = time.monotonic() + TIMEOUT
+        while " open " not in (text := (tmp_path / "wsgate.log").read_text()):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.02)
     finally:
         proc.terminate()
         proc.wait(10)
         log.close()
-    assert " open " in (tmp_path / "wsgate.log").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import ssl
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, backend, client
-from rawws import MIB, peak_rss
+from rawws import MIB, Peaks
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -74,10 +75,11 @@ async def flood() -> AsyncIterator[bytes]:
 
 
 async def close_lines(gate: Wsgate, count: int) -> list[str]:
-    """The connections' closing log lines, once ``count`` are written."""
+    """The connections' closing log lines (of every worker), once ``count`` are written."""
+    closing = re.compile(r"\[wsgate#info( worker \d+)?\] close ")
     async with asyncio.timeout(TIMEOUT):
         while True:
-            lines = [x for x in gate.log().splitlines() if "[wsgate#info] close " in x]
+            lines = [x for x in gate.log().splitlines() if closing.search(x)]
             if len(lines) >= count:
                 return lines
             await asyncio.sleep(0.05)
@@ -269,14 +271,14 @@ def test_frozen_backend_keeps_memory_bounded_and_recovers(
     async def main() -> tuple[int, int]:
         async with peer("backend", str(port), "sink", deflate) as proc:
             await said(proc, "ready")
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             async with client(gate.url, compression=compression) as ws:
                 flood = Flood()
                 sending = asyncio.ensure_future(ws.send(flood.blocks()))
                 await said(proc, "busy")
                 proc.send_signal(signal.SIGSTOP)
                 stuck_at = await flood.stalled()
-                growth = peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+                growth = rss.growth()
                 proc.send_signal(signal.SIGCONT)
                 await flood.moved(16 * MIB)
                 flood.stop.set()
@@ -308,12 +310,12 @@ def test_frozen_client_keeps_memory_bounded_and_recovers(wsgate: GateFactory, de
 
     async def main() -> tuple[int, int]:
         async with backend(port, handler, compression=compression) as be:
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             async with peer("client", gate.url, "download", deflate) as proc:
                 await said(proc, "busy")
                 proc.send_signal(signal.SIGSTOP)
                 stuck_at = await flood.stalled()
-                growth = peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+                growth = rss.growth()
                 proc.send_signal(signal.SIGCONT)
                 await flood.moved(16 * MIB)
                 flood.stop.set()
@@ -342,7 +344,7 @@ def test_decompression_bomb_from_the_client(wsgate: GateFactory) -> None:
 
     async def main() -> int:
         async with backend(port) as be:
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             async with client(gate.url, compression="deflate") as ws:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send(bytes(BOMB))
@@ -354,7 +356,7 @@ def test_decompression_bomb_from_the_client(wsgate: GateFactory) -> None:
             async with asyncio.timeout(TIMEOUT):
                 await seen.closed.wait()
             assert seen.close_code == 1001
-            return peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+            return rss.growth()
 
     growth = asyncio.run(main())
     print(f"bomb from the client: RSS +{growth / MIB:.1f} MiB")
@@ -374,7 +376,7 @@ def test_decompression_bomb_from_the_backend(wsgate: GateFactory) -> None:
 
     async def main() -> int:
         async with backend(port, bomb) as be:
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             async with client(gate.url, compression="deflate") as ws:
                 await ws.send("go")
                 with pytest.raises(ConnectionClosed):
@@ -385,7 +387,7 @@ def test_decompression_bomb_from_the_backend(wsgate: GateFactory) -> None:
             async with asyncio.timeout(TIMEOUT):
                 await seen.closed.wait()
             assert seen.close_code == 1009
-            return peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+            return rss.growth()
 
     growth = asyncio.run(main())
     print(f"bomb from the backend: RSS +{growth / MIB:.1f} MiB")

@@ -376,8 +376,9 @@ def test_choose_names_the_reason() -> None:
 def test_twistd_wsgate_names_its_frame_path(
     tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
-    """One startup line; "not built" is an install without the extension,
-    made here by a sitecustomize that blocks its import."""
+    """One startup line per serving process (each worker of a ``--workers``
+    tree); "not built" is an install without the extension, made here by a
+    sitecustomize that blocks its import."""
     environ = {k: v for k, v in os.environ.items() if k != "WSGATE_NO_EXTENSIONS"}
     if env.pop("HIDE", None):
         (tmp_path / "sitecustomize.py").write_text(
@@ -390,4 +391,5 @@ def test_twistd_wsgate_names_its_frame_path(
     ) as gate:
         pass
     lines = [line for line in gate.log().splitlines() if "frame path:" in line]
-    assert len(lines) == 1 and expected in lines[0], gate.log()
+    assert len(lines) == gate.workers(), gate.log()
+    assert all(expected in line for line in lines), gate.log()

@@ -105,6 +105,7 @@ def test_limits_from_the_file(tmp_path: Path) -> None:
 PER_IP = 200
 
 
+@pytest.mark.single_process("max_connections_per_ip counts per worker (README, Workers)")
 def test_the_201st_connection_from_one_address_gets_503(wsgate: GateFactory) -> None:
     """200 connections from 127.0.0.1 are relayed; the 201st gets 503 with
     Retry-After and the reason, the backend never hears of it, the others go
@@ -146,6 +147,7 @@ def test_the_201st_connection_from_one_address_gets_503(wsgate: GateFactory) -> 
     asyncio.run(main())
 
 
+@pytest.mark.single_process("max_connections counts per worker (README, Workers)")
 def test_max_connections_for_the_whole_process(wsgate: GateFactory) -> None:
     port = free_port()
     gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--max-connections", "2")

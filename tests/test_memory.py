@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 from peers import backend
-from rawws import MIB, chunks, masked_frame, peak_rss, raw_handshake
+from rawws import MIB, Peaks, chunks, masked_frame, raw_handshake
 from websockets.asyncio.server import ServerConnection
 
 from wsgate.testing import GateFactory, free_port
@@ -36,7 +36,6 @@ def test_slow_reader_256_mib_message_keeps_memory_bounded(
         backend_deflate,
     )
     assert gate.proc is not None
-    pid = gate.proc.pid
 
     async def send_huge(ws: ServerConnection) -> None:
         await ws.send(chunks(total))  # a fragmented message, streamed
@@ -45,7 +44,7 @@ def test_slow_reader_256_mib_message_keeps_memory_bounded(
     async def main() -> int:
         async with backend(port, send_huge):
             reader, writer = await raw_handshake(gate.port)
-            before = peak_rss(pid)
+            rss = Peaks(gate)
             received = 0
             async with asyncio.timeout(240):
                 while received < total:
@@ -54,7 +53,7 @@ def test_slow_reader_256_mib_message_keeps_memory_bounded(
                     received += len(chunk)
                     await asyncio.sleep(0.002)  # the slow reader
             writer.close()
-            growth = peak_rss(pid) - before
+            growth = rss.growth()
             # Frame headers add a few bytes per fragment.
             assert received >= total
             return growth
@@ -70,7 +69,6 @@ def test_flooding_client_to_stalled_backend_keeps_memory_bounded(wsgate: GateFac
     port = free_port()
     gate = wsgate("--backend", f"ws://127.0.0.1:{port}", "--max-message-size", "0")
     assert gate.proc is not None
-    pid = gate.proc.pid
     release = asyncio.Event()
 
     async def stalled(ws: ServerConnection) -> None:
@@ -85,7 +83,7 @@ def test_flooding_client_to_stalled_backend_keeps_memory_bounded(wsgate: GateFac
     async def main() -> int:
         async with backend(port, stalled, compression=None):
             reader, writer = await raw_handshake(gate.port)
-            before = peak_rss(pid)
+            rss = Peaks(gate)
             frame = masked_frame(0x2, MIB, fin=False)
             sent = 0
             # Write until the kernel and wsgate stop taking data: wsgate must
@@ -96,7 +94,7 @@ def test_flooding_client_to_stalled_backend_keeps_memory_bounded(wsgate: GateFac
                         writer.write(frame if sent == 0 else masked_frame(0x0, MIB, fin=False))
                         sent += MIB
                         await writer.drain()
-            stuck_at = peak_rss(pid) - before
+            stuck_at = rss.growth()
             release.set()
             async with asyncio.timeout(120):
                 while sent < total:
@@ -108,7 +106,7 @@ def test_flooding_client_to_stalled_backend_keeps_memory_bounded(wsgate: GateFac
                 reply = await reader.read(64)
             writer.close()
             assert reply[2:] == str(sent).encode()
-            return max(stuck_at, peak_rss(pid) - before)
+            return max(stuck_at, rss.growth())
 
     growth = asyncio.run(main())
     print(f"wsgate peak RSS growth: {growth / MIB:.1f} MiB")

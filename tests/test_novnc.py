@@ -397,5 +397,6 @@ def test_jwt_token_from_a_portal(
     page.wait_for_function("() => window.vnc && window.vnc.state !== 'connecting'")
     assert page.evaluate("() => window.vnc.state") == "disconnected"
     assert not desktop.viewers()
-    refused = [line for line in gate.log().splitlines() if "refused by jwt" in line]
+    log = gate.wait_for_log("refused by jwt")
+    refused = [line for line in log.splitlines() if "refused by jwt" in line]
     assert len(refused) == 1 and "403 token expired" in refused[0], gate.log()

@@ -59,7 +59,8 @@ def test_echo_every_mix(wsgate: GateFactory, client_deflate: str, backend_deflat
             assert ("permessage-deflate" in (seen.extensions or "")) == (backend_deflate == "on")
 
     asyncio.run(main())
-    assert "client_ext=[permessage-deflate" in gate.log() or client_deflate == "off"
+    if client_deflate == "on":
+        gate.wait_for_log("client_ext=[permessage-deflate")
 
 
 def test_defaults_compress_for_the_client_only(wsgate: GateFactory) -> None:
@@ -79,7 +80,7 @@ def test_defaults_compress_for_the_client_only(wsgate: GateFactory) -> None:
             assert seen.extensions is None
 
     asyncio.run(main())
-    assert "backend_ext=[none]" in gate.log()
+    gate.wait_for_log("backend_ext=[none]")
 
 
 def test_text_stays_text_binary_stays_binary(wsgate: GateFactory) -> None:
@@ -137,7 +138,7 @@ def test_subprotocol_chosen_by_backend(wsgate: GateFactory) -> None:
             assert ", ".join(offered).replace(" ", "") == "v1.chat,v3.chat"
 
     asyncio.run(main())
-    assert "subprotocol=v3.chat" in gate.log()
+    gate.wait_for_log("subprotocol=v3.chat")
 
 
 def test_subprotocol_refused_by_backend(wsgate: GateFactory) -> None:
@@ -454,7 +455,7 @@ def test_log_lines_open_and_close(wsgate: GateFactory) -> None:
                 await seen.closed.wait()
 
     asyncio.run(main())
-    log = gate.log()
+    log = gate.wait_for_log("/logme -> ")
     opened = [line for line in log.splitlines() if " open " in line and "/logme" in line]
     assert len(opened) == 1
     assert f"-> ws://127.0.0.1:{port}" in opened[0]

@@ -23,8 +23,13 @@ _SYS_PIDFD_OPEN, _SYS_PIDFD_GETFD = 434, 438  # the same on x86_64 and aarch64
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def connected_tcp_sockets(pid: int) -> list[socket.socket]:
-    """Duplicates of every connected TCP socket of process ``pid``."""
+def connected_tcp_sockets(gate: Wsgate) -> list[socket.socket]:
+    """Duplicates of every connected TCP socket of the processes that serve
+    ``gate`` (each worker of a ``--workers`` tree)."""
+    return [sock for pid in gate.serving_pids() for sock in _connected_tcp_sockets(pid)]
+
+
+def _connected_tcp_sockets(pid: int) -> list[socket.socket]:
     pidfd = _libc.syscall(_SYS_PIDFD_OPEN, pid, 0)
     if pidfd < 0:
         pytest.skip(f"pidfd_open: {os.strerror(ctypes.get_errno())}")
@@ -55,8 +60,7 @@ def connected_tcp_sockets(pid: int) -> list[socket.socket]:
 
 
 def assert_no_delay_everywhere(gate: Wsgate, expected: int) -> None:
-    assert gate.proc is not None
-    sockets = connected_tcp_sockets(gate.proc.pid)
+    sockets = connected_tcp_sockets(gate)
     try:
         assert len(sockets) == expected, [s.getpeername() for s in sockets]
         for sock in sockets:
@@ -106,15 +110,13 @@ def test_keepalive_on_the_stream_backend_socket(wsgate: GateFactory) -> None:
     """A stream backend has no pings: its socket gets SO_KEEPALIVE."""
     backend_port = free_port()
     gate = wsgate("--backend", f"tcp:127.0.0.1:{backend_port}")
-    assert gate.proc is not None
-    pid = gate.proc.pid
 
     async def main() -> None:
         async with tcp_server(backend_port), client(gate.url + "/vnc") as ws:
             await ws.send(b"RFB")
             async with asyncio.timeout(TIMEOUT):
                 assert await ws.recv() == b"RFB"
-            sockets = connected_tcp_sockets(pid)
+            sockets = connected_tcp_sockets(gate)
             try:
                 to_backend = [s for s in sockets if s.getpeername()[1] == backend_port]
                 assert len(to_backend) == 1
@@ -136,15 +138,13 @@ def test_a_big_read_is_acked_at_once(wsgate: GateFactory) -> None:
     """
     backend_port = free_port()
     gate = wsgate("--backend", f"ws://127.0.0.1:{backend_port}")
-    assert gate.proc is not None
-    pid = gate.proc.pid
 
     async def main() -> None:
         async with backend(backend_port), client(gate.url + "/x") as ws:
             await ws.send("hello")
             async with asyncio.timeout(TIMEOUT):
                 assert await ws.recv() == "hello"
-            sockets = connected_tcp_sockets(pid)
+            sockets = connected_tcp_sockets(gate)
             try:
                 (to_backend,) = [s for s in sockets if s.getpeername()[1] == backend_port]
                 # Request-reply traffic puts a socket in pingpong mode (ACKs wait
@@ -172,8 +172,6 @@ def test_a_big_read_is_acked_at_once_over_tls_and_a_stream(
     backend_port, port = free_port(), free_port()
     listen = f"ssl:{port}:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}"
     gate = wsgate("--listen", listen, "--backend", f"tcp:127.0.0.1:{backend_port}", wait_port=port)
-    assert gate.proc is not None
-    pid = gate.proc.pid
     context = ssl.create_default_context(cafile=str(tls_files.ca_cert))
     big = os.urandom(64 * 1024)
     received, reply = asyncio.Event(), asyncio.Event()
@@ -195,7 +193,7 @@ def test_a_big_read_is_acked_at_once_over_tls_and_a_stream(
             client(f"wss://localhost:{port}/vnc", ssl=context) as ws,
         ):
             await ws.send(b"RFB")
-            sockets = connected_tcp_sockets(pid)
+            sockets = connected_tcp_sockets(gate)
             try:
                 (to_backend,) = [s for s in sockets if s.getpeername()[1] == backend_port]
                 (to_client,) = [s for s in sockets if s is not to_backend]

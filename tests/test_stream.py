@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from peers import TIMEOUT, client
-from rawws import MIB, masked_frame, peak_rss, raw_handshake, upgrade_request
+from rawws import MIB, Peaks, masked_frame, raw_handshake, upgrade_request
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wsgate.testing import GateFactory, TlsFiles, free_port
@@ -348,7 +348,7 @@ def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> N
     async def main() -> int:
         async with tcp_server(port, framebuffer):
             reader, writer = await raw_handshake(gate.port)
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             received = 0
             async with asyncio.timeout(240):
                 while received < total:
@@ -357,7 +357,7 @@ def test_fast_server_slow_browser_keeps_memory_bounded(wsgate: GateFactory) -> N
                     received += len(chunk)
                     await asyncio.sleep(0.002)  # the slow browser
             writer.close()
-            return peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+            return rss.growth()
 
     growth = asyncio.run(main())
     print(f"wsgate peak RSS growth: {growth / MIB:.1f} MiB")
@@ -385,7 +385,7 @@ def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFac
     async def main() -> int:
         async with tcp_server(port, stalled):
             _reader, writer = await raw_handshake(gate.port)
-            before = peak_rss(gate.proc.pid)  # type: ignore[union-attr]
+            rss = Peaks(gate)
             sent = 0
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):
@@ -393,7 +393,7 @@ def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFac
                         writer.write(masked_frame(0x2, MIB, fin=True))
                         sent += MIB
                         await writer.drain()
-            stuck_at = peak_rss(gate.proc.pid) - before  # type: ignore[union-attr]
+            stuck_at = rss.growth()
             release.set()
             async with asyncio.timeout(120):
                 while sent < total:
@@ -403,7 +403,7 @@ def test_flooding_browser_to_stalled_server_keeps_memory_bounded(wsgate: GateFac
                 await counted.wait()
             writer.close()
             assert got == total
-            return max(stuck_at, peak_rss(gate.proc.pid) - before)  # type: ignore[union-attr]
+            return max(stuck_at, rss.growth())
 
     growth = asyncio.run(main())
     print(f"wsgate peak RSS growth: {growth / MIB:.1f} MiB")

@@ -90,7 +90,7 @@ def test_untrusted_backend_certificate_is_502(wsgate: GateFactory, tls_files: Tl
     refused = _with_backend(port, tls_files, gate)
     assert refused.response.status_code == 502
     assert b"certificate verify failed" in refused.response.body
-    assert "certificate verify failed" in gate.log()
+    gate.wait_for_log("certificate verify failed")
 
 
 def test_backend_name_mismatch_is_502(

@@ -554,3 +554,61 @@ def test_a_listener_with_sni_certificates_is_served_by_the_workers(
 
     asyncio.run(main())
     asyncio.run(wait_for_line(gate, r"worker \d\] open "))
+
+
+def test_start_returns_once_every_worker_started(tmp_path: Path, wsgate: GateFactory) -> None:
+    """The supervisor's sockets listen before its workers start: ``Wsgate.start``
+    waits for them, whether the count comes from --workers or from the file,
+    with a log of the test's or without; ``--workers 1`` is one process."""
+    listen = free_port()
+    path = tmp_path / "wsgate.toml"
+    path.write_text(
+        f'workers = 2\n[[listener]]\nendpoint = "tcp:{listen}:interface=127.0.0.1"\n'
+        '[[route]]\nbackend = "ws://127.0.0.1:9"\n'
+    )
+    from_file = wsgate("--config", str(path), wait_port=listen)
+    assert "workers: 2 started" in from_file.log()
+    assert len(from_file.serving_pids()) == 2
+
+    one = wsgate("--backend", "ws://127.0.0.1:9", "--workers", "1")
+    assert one.serving_pids() == [one.proc.pid]  # type: ignore[union-attr]
+    assert "workers: " not in one.log()
+
+    with Wsgate("--backend", "ws://127.0.0.1:9", "--workers", "2") as bare:
+        assert bare.proc is not None
+        assert len(bare.serving_pids()) == 2
+        # Started: SIGHUP is the supervisor's (a reload without a file to
+        # re-read), no longer the default action that ends a process.
+        bare.reload()
+        assert bare.stop() == 0
+
+
+def test_a_second_signal_drops_every_workers_connections_and_each_says_how_many(
+    wsgate: GateFactory,
+) -> None:
+    """As one process does, each worker logs what a second SIGTERM or SIGINT
+    to the supervisor dropped."""
+    port = free_port()
+    gate = wsgate(
+        *("--backend", f"ws://127.0.0.1:{port}", "--workers", "2"),
+        *("--close-timeout", "60", "--drain-timeout", "60"),
+    )
+    assert gate.proc is not None
+
+    async def main() -> int:
+        async with backend(port) as state:
+            raw = [await raw_handshake(gate.port) for _ in range(8)]
+            await state.wait_seen(8)
+            gate.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await wait_for_line(gate, r"worker \d\] draining: listeners closed")
+            gate.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+            code = await asyncio.to_thread(gate.proc.wait, TIMEOUT)  # type: ignore[union-attr]
+            for _, writer in raw:
+                writer.close()
+            return code
+
+    assert asyncio.run(main()) == 0
+    log = gate.log()
+    assert "draining: second signal, every worker drops its connections" in log
+    dropped = re.findall(r"worker \d\] draining: second signal, (\d+) connection\(s\) dropped", log)
+    assert dropped and sum(int(count) for count in dropped) == 8, log

@@ -153,7 +153,8 @@ class Worker:
         elif "stop" in message:
             self.stop()
         elif "now" in message:
-            self.process.connections.drop_all()
+            left = self.process.connections.drop_all()
+            _log.warn("draining: second signal, {count} connection(s) dropped", count=left)
 
     def stop(self) -> None:
         """Drain and exit, once (a SIGTERM from systemd to every process of

@@ -7,6 +7,7 @@ server certificate for 127.0.0.1 / localhost.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -14,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +64,8 @@ class Wsgate:
 
     With neither ``--listen`` nor ``--config`` in ``args``, listens on a free
     127.0.0.1 port (``self.port``; ``self.url`` is ``ws://127.0.0.1:PORT``).
+    ``start`` returns once it serves: its port accepts and, for a
+    ``--workers`` tree, the supervisor has logged that every worker started.
     """
 
     def __init__(self, *args: str, log_path: Path | None = None, env: dict[str, str] | None = None):
@@ -83,6 +88,9 @@ class Wsgate:
         self._env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: object = None
+        #: The log of a --workers tree started without log_path, read to
+        #: know when its workers are up, removed when it stops.
+        self._own_log: Path | None = None
 
     def command(self) -> list[str]:
         # twistd as a user runs it, in the foreground, logging to stdout.
@@ -90,22 +98,75 @@ class Wsgate:
         return [sys.executable, "-c", run, "-n", "--pidfile=", "wsgate", *self.args]
 
     def start(self, wait_port: int | None = None) -> Wsgate:
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        workers = self.workers()
+        log_path = self.log_path
+        if log_path is None and workers > 1:
+            fd, name = tempfile.mkstemp(prefix="wsgate-", suffix=".log")
+            os.close(fd)
+            log_path = self._own_log = Path(name)
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self._log_file = out
         env = dict(os.environ if self._env is None else self._env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
         wait_for_port(wait_port or self.port, proc=self.proc)
-        if self.log_path and any(a.startswith("--workers") for a in self.args):
-            # The supervisor's sockets listen before its workers have started.
-            self._wait_for_log("workers: ", self.proc)
+        if log_path is not None and workers > 1:
+            # The supervisor's sockets listen before its workers have started;
+            # its log says when they have (and a worker's log lines reach it
+            # only once they have).
+            self._wait_for_log(log_path, f"workers: {workers} started", self.proc)
         return self
 
-    def _wait_for_log(self, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    def workers(self) -> int:
+        """How many processes serve connections: ``--workers`` N, or the
+        ``workers`` key of the ``--config`` file (1: one process, no supervisor)."""
+        from wsgate._config import ConfigError, parse_workers
+
+        value: object = 1
+        for arg, after in zip(self.args, [*self.args[1:], ""], strict=True):
+            if arg.startswith("--workers="):
+                value = arg.partition("=")[2]
+            elif arg == "--workers":
+                value = after
+            elif arg.startswith("--config=") or arg == "--config":
+                path = arg.partition("=")[2] or after
+                # A file wsgate cannot read: it says why, and exits.
+                with contextlib.suppress(OSError, ValueError):
+                    value = tomllib.loads(Path(path).read_text()).get("workers", 1)
+        try:
+            return parse_workers(value, "--workers")
+        except ConfigError:
+            return 1  # wsgate refuses it, and exits
+
+    def serving_pids(self) -> list[int]:
+        """The processes that serve connections: every worker of a
+        ``--workers`` tree (the supervisor's children), else the one process."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        if self.workers() == 1:
+            return [pid]
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in children.split()]
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The log once it says ``text``. A worker's lines reach it through
+        the supervisor, a moment after the worker acted: what one process
+        has logged by the time its client sees an answer, a worker may not."""
+        assert self.log_path is not None and self.proc is not None, "started with a log_path"
+        self._wait_for_log(self.log_path, text, self.proc, timeout)
+        return self.log()
+
+    def _wait_for_log(
+        self, path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60
+    ) -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"wsgate did not log {text!r}; its log:\n{self.log()}")
+        while True:
+            ended = proc.poll() is not None  # before the read: then the read has it all
+            log = path.read_text(errors="replace")
+            if text in log:
+                return
+            if ended or time.monotonic() > deadline:
+                raise RuntimeError(f"wsgate did not log {text!r}; its log:\n{log}")
             time.sleep(0.02)
 
     def stop(self) -> int | None:
@@ -121,6 +182,9 @@ class Wsgate:
                 proc.wait(5)
         if hasattr(self._log_file, "close"):
             self._log_file.close()  # type: ignore[attr-defined]
+        if self._own_log is not None:
+            self._own_log.unlink(missing_ok=True)
+            self._own_log = None
         return proc.returncode
 
     def reload(self) -> None:
