@@ -30,6 +30,9 @@ embedding wsgate, other versions) runs the plain path.
   without an OpenSSL exception per read, when pyOpenSSL is the version it
   was written for too.
 
+- The garbage collector (``_gctune``): start-up frozen, young collections
+  rarer. Not tied to any version, so on whatever the versions are.
+
 - Debug formatting: Autobahn pretty-prints its whole configuration (and a
   client's transport details) for a debug line on every connection, debug
   logged or not: about a tenth of a handshake's CPU. Its module-global
@@ -54,7 +57,7 @@ from twisted.python import log
 from wsaccel.utf8validator import Utf8Validator as _WsaccelValidator
 from wsaccel.xormask import createXorMasker as _wsaccel_masker
 
-from wsgate import _tlspath
+from wsgate import _gctune, _tlspath
 
 _log = Logger(namespace="wsgate")
 
@@ -109,6 +112,7 @@ def install(reactor: Any) -> bool:
     """Turn the shortcuts on for ``reactor`` if Twisted and Autobahn are the
     versions they were written for; log one line either way."""
     global _eager, _eager_tls
+    _gctune.install(reactor)
     found = _versions()
     if found != _WRITTEN_FOR:
         _log.info(
