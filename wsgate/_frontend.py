@@ -320,7 +320,7 @@ class FrontendFactory(DoorFactory):
             versions=[8, 13],
             webStatus=False,
             **leg_options(defaults),
-            openHandshakeTimeout=routes.listener.request_timeout,
+            openHandshakeTimeout=0,  # FrontDoor runs the request head's timer itself
             requireMaskedClientFrames=True,
             maskServerFrames=False,
             allowedOrigins=["*"],
