@@ -205,3 +205,16 @@ def test_a_backend_refusal_after_a_direct_dial_names_the_backend() -> None:
     leg.connectionLost(Failure(ConnectionRefusedError()))
     error = _SYNC.failureResultOf(opening, BackendError).value
     assert (error.status, error.backend) == (403, "ws://127.0.0.1:9000/")
+
+
+def test_a_direct_stream_dial_keeps_the_strings_own_timeout() -> None:
+    """``tcp:...:timeout=2`` still bounds the connect at 2 s when the route's
+    connect_timeout is longer (the endpoint's own timer did before)."""
+    reactor = MemoryReactorClock()
+    backend = parse_backend("tcp:127.0.0.1:5900:timeout=2")
+    settings = RouteSettings(connect_timeout=10.0)
+    opening = StreamConnector(reactor, settings, backend).connect(BackendRequest())  # type: ignore[arg-type]
+    reactor.advance(1.9)
+    _SYNC.assertNoResult(opening)
+    reactor.advance(0.1)
+    assert _SYNC.failureResultOf(opening, BackendError).value.status == 504

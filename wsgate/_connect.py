@@ -116,10 +116,18 @@ def stream_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     return clientFromString(reactor, description)  # type: ignore[no-any-return]
 
 
-def stream_address(description: str) -> tuple[str, int, tuple[str, int] | None] | None:
-    """``Connector``'s ``address`` for a ``tcp:`` string to an IP literal, else None."""
+def stream_address(
+    description: str,
+) -> tuple[tuple[str, int, tuple[str, int] | None], float] | None:
+    """``Connector``'s ``address`` for a ``tcp:`` string to an IP literal, and
+    the string's own connect timeout (``timeout=``, else Twisted's 30 s);
+    None for anything else."""
     tcp = _tcp_string(description)
-    return None if tcp is None else ip_address(tcp[0], tcp[1], bind=tcp[3])
+    if tcp is None:
+        return None
+    host, port, timeout, bind = tcp
+    address = ip_address(host, port, bind=bind)
+    return None if address is None else (address, timeout)
 
 
 def _tcp_string(description: str) -> tuple[str, int, float, str | None] | None:

@@ -219,8 +219,15 @@ class StreamConnector(Connector[StreamLeg]):
         self._reactor = reactor
         self._close_timeout = settings.close_timeout
         to = stream_endpoint(reactor, backend.endpoint)
-        address = stream_address(backend.endpoint)
-        super().__init__(reactor, backend.url, to, settings.connect_timeout, self._leg, address)
+        direct = stream_address(backend.endpoint)
+        if direct is None:
+            super().__init__(reactor, backend.url, to, settings.connect_timeout, self._leg)
+            return
+        # The endpoint string's timeout= bounds the connect too, as the
+        # endpoint's own timer did.
+        address, own_timeout = direct
+        timeout = min(settings.connect_timeout, own_timeout)
+        super().__init__(reactor, backend.url, to, timeout, self._leg, address)
 
     def _leg(self, request: BackendRequest) -> StreamLeg:
         return StreamLeg(
