@@ -136,3 +136,11 @@ def test_cancelling_cancels_the_connect_under_way_and_tries_no_other() -> None:
     assert waiting.called  # cancelled
     assert (connects.tried, heard) == (["a"], [])
     assert _fails(pool) == {"a": ("up", 0), "b": ("up", 0)}
+
+
+def test_a_connect_that_raises_fails_the_attempt_not_the_caller() -> None:
+    def connect(backend: str) -> defer.Deferred[str]:
+        raise RuntimeError("no leg for " + backend)
+
+    opening = open_first(["a", "b"], connect, None)
+    assert "no leg for a" in str(_SYNC.failureResultOf(opening, RuntimeError).value)

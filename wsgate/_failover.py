@@ -64,7 +64,11 @@ class _Attempts(Generic[B, L]):
         self._try(0)
 
     def _try(self, n: int) -> None:
-        connecting = self._current = self._connect(self._candidates[n])
+        try:
+            connecting = self._connect(self._candidates[n])
+        except Exception:
+            connecting = defer.fail()  # as a coroutine's await would have it
+        self._current = connecting
         connecting.addCallbacks(self._opened, self._failed, callbackArgs=(n,), errbackArgs=(n,))
 
     def _opened(self, leg: L, n: int) -> None:
