@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from wsgate._backend import BackendConnector
+from wsgate._backend import BackendConnector, BackendProtocol
 from wsgate._config import RouteSettings, parse_backend
 from wsgate._connect import BackendError, BackendRequest, split_endpoint, stream_endpoint
 from wsgate._tcpleg import BINARY, StreamConnector, StreamLeg
@@ -164,3 +164,57 @@ def test_cancel_during_the_websocket_handshake_drops_the_leg() -> None:
     opening.cancel()
     _SYNC.failureResultOf(opening, defer.CancelledError)
     assert transport.disconnecting
+
+
+def test_an_ip_backend_is_dialled_with_the_leg_as_its_protocol() -> None:
+    """No endpoint between the socket and the leg: no wrapping protocol that
+    each of the leg's reads would pass through, no Deferred chain per connect;
+    wsgate's own timer bounds the connect (Twisted's gets no timeout)."""
+    reactor = MemoryReactorClock()
+    backend = parse_backend("ws://127.0.0.1:9000/")
+    connector = BackendConnector(reactor, RouteSettings(connect_timeout=2.0), backend)  # type: ignore[arg-type]
+    opening = connector.connect(BackendRequest())
+    [(host, port, factory, timeout, bind)] = reactor.tcpClients
+    assert (host, port, timeout, bind) == ("127.0.0.1", 9000, None, None)
+    leg = factory.buildProtocol(None)
+    assert isinstance(leg, BackendProtocol)
+    assert reactor.getDelayedCalls() == []  # connected: the connect timer went
+    leg.makeConnection(FakeTransport(leg, isServer=False))
+    leg.onOpen()
+    assert _SYNC.successResultOf(opening) is leg
+
+
+def test_a_stream_backend_on_an_ip_is_dialled_directly_with_its_bind_address() -> None:
+    reactor = MemoryReactorClock()
+    backend = parse_backend("tcp:host=\\:\\:1:port=5900:bindAddress=\\:\\:2")
+    StreamConnector(reactor, RouteSettings(), backend).connect(BackendRequest())  # type: ignore[arg-type]
+    [(host, port, factory, timeout, bind)] = reactor.tcpClients
+    assert (host, port, timeout, bind) == ("::1", 5900, None, ("::2", 0))
+    assert isinstance(factory.buildProtocol(None), StreamLeg)
+
+
+def test_a_backend_refusal_after_a_direct_dial_names_the_backend() -> None:
+    reactor = MemoryReactorClock()
+    backend = parse_backend("ws://127.0.0.1:9000/")
+    opening = BackendConnector(reactor, RouteSettings(), backend).connect(BackendRequest())  # type: ignore[arg-type]
+    [(_, _, factory, _, _)] = reactor.tcpClients
+    leg = factory.buildProtocol(None)
+    transport = FakeTransport(leg, isServer=False)
+    leg.makeConnection(transport)
+    leg.dataReceived(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    leg.connectionLost(Failure(ConnectionRefusedError()))
+    error = _SYNC.failureResultOf(opening, BackendError).value
+    assert (error.status, error.backend) == (403, "ws://127.0.0.1:9000/")
+
+
+def test_a_direct_stream_dial_keeps_the_strings_own_timeout() -> None:
+    """``tcp:...:timeout=2`` still bounds the connect at 2 s when the route's
+    connect_timeout is longer (the endpoint's own timer did before)."""
+    reactor = MemoryReactorClock()
+    backend = parse_backend("tcp:127.0.0.1:5900:timeout=2")
+    settings = RouteSettings(connect_timeout=10.0)
+    opening = StreamConnector(reactor, settings, backend).connect(BackendRequest())  # type: ignore[arg-type]
+    reactor.advance(1.9)
+    _SYNC.assertNoResult(opening)
+    reactor.advance(0.1)
+    assert _SYNC.failureResultOf(opening, BackendError).value.status == 504

@@ -47,9 +47,7 @@ def _open(
     candidates: list[str], connects: _Connects, pool: BackendPool[str] | None
 ) -> tuple[defer.Deferred[tuple[str, str]], list[tuple[str, BackendError]]]:
     heard: list[tuple[str, BackendError]] = []
-    opening = defer.Deferred.fromCoroutine(
-        open_first(candidates, connects, pool, lambda b, e: heard.append((b, e)))
-    )
+    opening = open_first(candidates, connects, pool, lambda b, e: heard.append((b, e)))
     return opening, heard
 
 
@@ -126,3 +124,23 @@ def test_without_a_pool_backends_are_still_tried_in_order() -> None:
 def test_no_candidates_is_a_mistake_of_the_caller() -> None:
     opening, _ = _open([], _Connects({}), None)
     _SYNC.failureResultOf(opening, ValueError)
+
+
+def test_cancelling_cancels_the_connect_under_way_and_tries_no_other() -> None:
+    pool, _ = _pool("a", "b")
+    waiting: defer.Deferred[str] = defer.Deferred()
+    connects = _Connects({"a": waiting, "b": "leg-b"})
+    opening, heard = _open(pool.candidates(), connects, pool)
+    opening.cancel()
+    _SYNC.failureResultOf(opening, defer.CancelledError)
+    assert waiting.called  # cancelled
+    assert (connects.tried, heard) == (["a"], [])
+    assert _fails(pool) == {"a": ("up", 0), "b": ("up", 0)}
+
+
+def test_a_connect_that_raises_fails_the_attempt_not_the_caller() -> None:
+    def connect(backend: str) -> defer.Deferred[str]:
+        raise RuntimeError("no leg for " + backend)
+
+    opening = open_first(["a", "b"], connect, None)
+    assert "no leg for a" in str(_SYNC.failureResultOf(opening, RuntimeError).value)

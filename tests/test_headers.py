@@ -118,3 +118,12 @@ def test_never_forwards_hop_by_hop_or_handshake_headers(headers: dict[str, str])
 )
 def test_origin_allowed(patterns: tuple[str, ...], origin: str | None, allowed: bool) -> None:
     assert origin_allowed(patterns, origin) is allowed
+
+
+def test_forwarded_quotes_a_host_beyond_ascii_tokens() -> None:
+    """RFC 7239 host values are tokens (ASCII tchar) or quoted strings: a
+    latin-1 character that str.isalnum() accepts still needs the quotes."""
+    out = backend_headers(ClientRequest({"host": "caf\xe9.example"}, "10.0.0.1", secure=False))
+    assert out["forwarded"] == 'for=10.0.0.1;host="caf\xe9.example";proto=http'
+    plain = backend_headers(ClientRequest({"host": "cafe.example"}, "::1", secure=False))
+    assert plain["forwarded"] == 'for="[::1]";host=cafe.example;proto=http'

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from memlegs import (
+    CLIENT_ADDRESS,
     Network,
     Pipe,
     RawPeer,
@@ -23,8 +24,9 @@ from memlegs import (
     ws_server,
 )
 from twisted.internet import error
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from wsgate._config import RouteSettings
 from wsgate._configfile import load_file
 from wsgate._relay import ReadingOf
 from wsgate._tcpleg import StreamLeg
@@ -444,3 +446,27 @@ def test_a_client_gone_while_connecting_tries_no_other_backend(
     pool = factory.routes.routes[0].pool
     assert pool is not None
     assert [b["state"] for b in pool.status()] == ["up", "up"]
+
+
+# -- the request head's timer ---------------------------------------------------------
+
+
+def test_the_request_head_timer_is_one_call_moved_once_routed(reactor: MemoryReactorClock) -> None:
+    """wsgate's own timer from the first byte (Autobahn's is off: it rounds to
+    whole seconds); routing moves that same call to the backends' budget
+    rather than cancelling it and making another."""
+    factory = frontend_factory(
+        reactor, "--backend", "ws://127.0.0.1:9000", "--request-timeout", "0.5"
+    )
+    frontend = factory.buildProtocol(CLIENT_ADDRESS)
+    frontend.makeConnection(StringTransport(peerAddress=CLIENT_ADDRESS))
+    [call] = reactor.getDelayedCalls()
+    assert call.getTime() == 0.5 and frontend.openHandshakeTimeoutCall is call
+    frontend.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: gate\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    settings = RouteSettings()
+    budget = settings.connect_timeout + settings.handshake_timeout + 5
+    assert frontend.openHandshakeTimeoutCall is call and call.getTime() == budget
+    assert reactor.tcpClients  # the backend is being opened

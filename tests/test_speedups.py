@@ -14,8 +14,10 @@ from typing import Any
 
 import autobahn
 import pytest
+from autobahn import util as autobahn_util
 from autobahn.nvx._utf8validator import Utf8Validator as NativeValidator
 from autobahn.nvx._xormasker import create_xor_masker as native_masker
+from autobahn.twisted import websocket as autobahn_twisted
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket import utf8validator, xormasker
 from autobahn.websocket.protocol import Timings
@@ -41,8 +43,10 @@ from wsgate.testing import TlsFiles, Wsgate
 @pytest.fixture
 def pristine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a test installs into Autobahn or ``_speedups`` is undone after it."""
-    for name in ("create_xor_masker", "Utf8Validator", "pformat"):
+    for name in ("create_xor_masker", "Utf8Validator", "pformat", "hltype", "hlval"):
         monkeypatch.setattr(autobahn_protocol, name, getattr(autobahn_protocol, name))
+    for name in ("hltype", "hlval"):
+        monkeypatch.setattr(autobahn_twisted, name, getattr(autobahn_twisted, name))
     monkeypatch.setattr(Timings, "__str__", Timings.__str__)
     monkeypatch.setattr(_speedups, "_eager", False)
     monkeypatch.setattr(_speedups, "_eager_tls", False)
@@ -231,6 +235,21 @@ def test_autobahn_s_debug_formatting_is_lazy_and_the_same(
     assert not isinstance(lazy, str)  # nothing formatted yet
     assert str(lazy) == pprint.pformat(value)
     assert f"{lazy}" == pprint.pformat(value)
+
+
+def test_autobahn_s_debug_names_are_lazy_and_the_same(
+    pristine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    want = _speedups._WRITTEN_FOR
+    _pretend_versions(monkeypatch, want["Twisted"], want["Autobahn"])
+    method = Timings().track
+    plain = (autobahn_util.hltype(method), autobahn_util.hlval(42, color="blue"))
+    assert _speedups.install(MemoryReactorClock())
+    for module in (autobahn_protocol, autobahn_twisted):
+        lazy = (module.hltype(method), module.hlval(42, color="blue"))
+        assert not any(isinstance(x, str) for x in lazy)  # nothing formatted yet
+        assert tuple(map(str, lazy)) == plain
+        assert f"{lazy[0]}|{lazy[1]}" == "|".join(plain)
 
 
 # -- the direct write, on real TCP connections ----------------------------------

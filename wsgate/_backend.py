@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from wsgate import _deflate
 from wsgate._closecodes import Side
 from wsgate._config import AnyBackend, Backend, RouteSettings, StreamBackend
-from wsgate._connect import BackendError, BackendRequest, Connector, endpoint
+from wsgate._connect import BackendError, BackendRequest, Connector, endpoint, ip_address
 from wsgate._tcpleg import StreamConnector
 from wsgate._tls import backend_tls_options, describe_tls_error, is_tls_error
 from wsgate._wsleg import RelayedLeg, leg_options, with_options
@@ -129,7 +129,8 @@ class BackendConnector(Connector[BackendProtocol]):
         tls = backend_tls_options(backend, settings) if backend.secure else None
         timeout = settings.connect_timeout
         to = endpoint(reactor, backend.host, backend.port, timeout, tls=tls)
-        super().__init__(reactor, backend.url, to, timeout, self._leg)
+        address = ip_address(backend.host, backend.port) if tls is None else None
+        super().__init__(reactor, backend.url, to, timeout, self._leg, address)
 
     def _leg(self, request: BackendRequest) -> BackendProtocol:
         backend = self._backend

@@ -9,6 +9,7 @@ once to the client's answer (502, 503, 504).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
 
@@ -91,6 +92,15 @@ def endpoint(
     return found  # type: ignore[no-any-return]
 
 
+def ip_address(
+    host: str, port: int, *, bind: str | None = None
+) -> tuple[str, int, tuple[str, int] | None] | None:
+    """``Connector``'s ``address`` for an IP literal (dialled directly), else None."""
+    if isIPAddress(host) or isIPv6Address(host):
+        return host, port, None if bind is None else (bind, 0)
+    return None
+
+
 #: Twisted's own default for a ``tcp:`` client string without ``timeout=``.
 _TCP_STRING_TIMEOUT = 30.0
 
@@ -99,6 +109,29 @@ def stream_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """A stream backend's endpoint string. ``tcp:`` goes through ``endpoint``:
     Twisted's own ``tcp:`` client resolves IPv4 only and cannot reach an IPv6
     literal. Anything else (``unix:``, ``tls:``) is Twisted's."""
+    tcp = _tcp_string(description)
+    if tcp is not None:
+        host, port, timeout, bind = tcp
+        return endpoint(reactor, host, port, timeout, bind=bind)
+    return clientFromString(reactor, description)  # type: ignore[no-any-return]
+
+
+def stream_address(
+    description: str,
+) -> tuple[tuple[str, int, tuple[str, int] | None], float] | None:
+    """``Connector``'s ``address`` for a ``tcp:`` string to an IP literal, and
+    the string's own connect timeout (``timeout=``, else Twisted's 30 s);
+    None for anything else."""
+    tcp = _tcp_string(description)
+    if tcp is None:
+        return None
+    host, port, timeout, bind = tcp
+    address = ip_address(host, port, bind=bind)
+    return None if address is None else (address, timeout)
+
+
+def _tcp_string(description: str) -> tuple[str, int, float, str | None] | None:
+    """Host, port, timeout and bind address of a plain ``tcp:`` string."""
     args, options = split_endpoint(description)
     if (
         args
@@ -111,14 +144,13 @@ def stream_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
         if "port" not in options and positional:
             options["port"] = positional.pop(0)
         if not positional and "host" in options and "port" in options:
-            return endpoint(
-                reactor,
+            return (
                 options["host"],
                 int(options["port"]),
                 float(options.get("timeout", _TCP_STRING_TIMEOUT)),
-                bind=options.get("bindAddress"),
+                options.get("bindAddress"),
             )
-    return clientFromString(reactor, description)  # type: ignore[no-any-return]
+    return None
 
 
 def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
@@ -173,7 +205,12 @@ class _Given(Factory):
 class Connector(Generic[_L]):
     """Opens legs to one backend: ``make_leg`` builds the protocol for a
     request, and the leg is open when its ``opened`` Deferred fires (the
-    WebSocket leg's after the backend's 101, the stream leg's at once)."""
+    WebSocket leg's after the backend's 101, the stream leg's at once).
+
+    ``address`` (an IP literal's host, port and bind address, no TLS) is
+    dialled with ``connectTCP`` itself: an endpoint would add a Deferred
+    chain, a wrapping factory and a protocol wrapper that every read of the
+    leg passes through (``_Dial``). Anything else goes through ``to``."""
 
     def __init__(
         self,
@@ -182,16 +219,20 @@ class Connector(Generic[_L]):
         to: Any,  # IStreamClientEndpoint; zope interfaces confuse mypy
         timeout: float,
         make_leg: Callable[[BackendRequest], _L],
+        address: tuple[str, int, tuple[str, int] | None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._url = url
         self._endpoint = to
         self._timeout = timeout
         self._make_leg = make_leg
+        self._address = address
 
     def connect(self, request: BackendRequest) -> defer.Deferred[_L]:
         """The open leg, or a ``BackendError``; cancelling drops the leg."""
         leg: Any = self._make_leg(request)  # has ``opened`` and ``dropConnection``
+        if self._address is not None:
+            return _Dial(self._reactor, self._url, leg, self._timeout, self._address).opened
         connecting: defer.Deferred[Any] = self._endpoint.connect(_Given(leg))
         connecting.addTimeout(self._timeout, self._reactor, _timed_out)
         connecting.addErrback(connect_failure, self._url)
@@ -206,6 +247,71 @@ class Connector(Generic[_L]):
         result: defer.Deferred[_L] = defer.Deferred(cancel)
         connecting.chainDeferred(result)
         return result
+
+
+class _Dial(ClientFactory):
+    """One connect to an IP literal, ``connectTCP`` with the leg as its
+    protocol: its ``opened`` Deferred becomes the leg's (the leg fires it,
+    or fails it with a ``BackendError``), failed here when the connect
+    fails or times out, and cancelled with the client."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        leg: Any,
+        timeout: float,
+        address: tuple[str, int, tuple[str, int] | None],
+    ) -> None:
+        self._url = url
+        self._leg = leg
+        self.opened: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        leg.opened = self.opened
+        self.opened.addErrback(_name_backend, url)
+        # Twisted's own timeout would fail the connect with ``TimeoutError``
+        # too, but on the reactor's clock only (not on a test's).
+        self._timer: Any = reactor.callLater(timeout, self._timed_out, timeout)
+        host, port, bind = address
+        self._connector: Any = reactor.connectTCP(host, port, self, None, bind)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self._stop_timer()
+        return self._leg
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._stop_timer()
+        self._fail(reason)
+
+    def _timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self._fail(Failure(defer.TimeoutError(timeout, "connect")))
+        self._stop_connecting()
+
+    def _fail(self, reason: Failure) -> None:
+        if self.opened.called:
+            return
+        try:
+            connect_failure(reason, self._url)
+        except BaseException:
+            self.opened.errback()
+
+    def _cancel(self, opened: defer.Deferred[Any]) -> None:
+        self._stop_timer()
+        if self._leg.transport is not None:
+            self._leg.dropConnection(abort=True)
+        else:
+            self._stop_connecting()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _stop_connecting(self) -> None:
+        with contextlib.suppress(error.NotConnectingError):
+            self._connector.stopConnecting()
 
 
 def _timed_out(result: object, timeout: float) -> object:
@@ -282,7 +388,9 @@ __all__ = [
     "Connector",
     "connect_failure",
     "endpoint",
+    "ip_address",
     "local_resource_error",
     "split_endpoint",
+    "stream_address",
     "stream_endpoint",
 ]

@@ -63,8 +63,13 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
         super().connectionMade()
         self.factory.connections.add(self)
         # The listener's request-head deadline, on our clock: Autobahn's own
-        # timer rounds down to whole seconds (0.5 s fires at once, 2 s after 1).
-        self._restart_handshake_timer(self.factory.routes.listener.request_timeout)
+        # timer (off in the factory) rounds down to whole seconds (0.5 s
+        # fires at once, 2 s after 1), and goes through txaio's batches.
+        timeout = self.factory.routes.listener.request_timeout
+        if timeout > 0:
+            self.openHandshakeTimeoutCall = self.factory.clock.callLater(
+                timeout, self.onOpenHandshakeTimeout
+            )
 
     def processHandshake(self) -> Any:
         if self._routed:
@@ -152,11 +157,8 @@ class FrontDoor(WebSocketServerProtocol):  # type: ignore[misc]
 
     def _restart_handshake_timer(self, seconds: float) -> None:
         call = getattr(self, "openHandshakeTimeoutCall", None)
-        if call is not None:
-            call.cancel()
-            self.openHandshakeTimeoutCall = self.factory.clock.callLater(
-                seconds, self.onOpenHandshakeTimeout
-            )
+        if call is not None and call.active():
+            call.reset(seconds)  # later: the reactor only notes the new time
 
     def _redirect(self, base: str, host: str | None, parts: SplitResult) -> None:
         name = host or ""

@@ -148,15 +148,10 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             "client_ext": _deflate.describe_in_use(self.websocket_extensions_in_use),
             "backend_ext": _deflate.describe_in_use(backend.websocket_extensions_in_use),
         }
-        _log.info(
-            "open {peer} {path} -> {backend} user={user} subprotocol={subprotocol} "
-            "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route} id={request_id}",
-            event="open",
-            peer=self.peer,
-            path=self._path(),
-            request_id=self.request_id,
-            **self._opened_fields,
+        fields = dict(
+            self._opened_fields, peer=self.peer, path=self._path(), request_id=self.request_id
         )
+        _log.info(_TEXT, event="open", log_wsgate_text=_Text(_OPEN, fields), **fields)
         tally = self.factory.connections.tally
         route = self._opened_fields["route"]
         tally.opened[route] += 1
@@ -243,17 +238,13 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             relay.closed_with(Side.CLIENT),
             relay.closed_with(Side.BACKEND),
         )
-        _log.info(
-            "close {peer} {path}: first={first} client={client_close} backend={backend_close} "
-            "up={up_msgs} msgs/{up_bytes} B down={down_msgs} msgs/{down_bytes} B "
-            "in {duration:.3f} s id={request_id}",
-            event="close",
+        fields = dict(
+            self._opened_fields or {},
             request_id=self.request_id,
             client_close_sent=relay.sent_on(Side.CLIENT),
             client_close_received=client_close[0] if client_close else None,
             backend_close_sent=relay.sent_on(Side.BACKEND),
             backend_close_received=backend_close[0] if backend_close else None,
-            **(self._opened_fields or {}),
             peer=self.peer,
             path=self._path(),
             first=f"{first[0].value} {first[1].value}" if first else "none",
@@ -265,6 +256,44 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
             down_bytes=down.bytes,
             duration=relay.duration(),
         )
+        _log.info(_TEXT, event="close", log_wsgate_text=_Text(_CLOSE, fields), **fields)
+
+
+#: The connection's two log lines; their fields are the events' own fields.
+_OPEN = (
+    "open {peer} {path} -> {backend} user={user} subprotocol={subprotocol} "
+    "client_ext=[{client_ext}] backend_ext=[{backend_ext}] route={route} id={request_id}"
+)
+_CLOSE = (
+    "close {peer} {path}: first={first} client={client_close} backend={backend_close} "
+    "up={up_msgs} msgs/{up_bytes} B down={down_msgs} msgs/{down_bytes} B "
+    "in {duration:.3f} s id={request_id}"
+)
+#: What twisted.logger formats: one field, the line (``log_`` keys are not
+#: repeated as fields by the JSON log, ``_jsonlog``).
+_TEXT = "{log_wsgate_text}"
+
+
+class _Text:
+    """A log line made with ``str.format`` when an observer formats its event.
+
+    twisted.logger's own formatter (``string.Formatter``, in Python, a few
+    calls per field) took ~25 us for a line of 16 fields, twice per
+    connection; ``str.format`` gives the same text in a tenth of that.
+    Nothing is formatted when nobody reads the event.
+    """
+
+    __slots__ = ("_fields", "_format")
+
+    def __init__(self, format: str, fields: dict[str, Any]) -> None:
+        self._format = format
+        self._fields = fields
+
+    def __format__(self, spec: str) -> str:
+        return format(self._format.format_map(self._fields), spec)
+
+    def __str__(self) -> str:
+        return self._format.format_map(self._fields)
 
 
 def _fmt_close(relay: Relay, side: Side) -> str:
@@ -293,7 +322,7 @@ class FrontendFactory(DoorFactory):
             versions=[8, 13],
             webStatus=False,
             **leg_options(defaults),
-            openHandshakeTimeout=routes.listener.request_timeout,
+            openHandshakeTimeout=0,  # FrontDoor runs the request head's timer itself
             requireMaskedClientFrames=True,
             maskServerFrames=False,
             allowedOrigins=["*"],

@@ -113,9 +113,8 @@ def peer_trusted(networks: Iterable[Network], peer_host: str | None) -> bool:
     """Whether a peer's address is in ``trust_forwarded_from``."""
     if peer_host is None:
         return False
-    try:
-        address = ipaddress.ip_address(peer_host)
-    except ValueError:
+    address = _address(peer_host)
+    if address is None:
         return False
     mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.0.0.1 on a dual-stack socket
     return any(address in net or (mapped is not None and mapped in net) for net in networks)
@@ -140,10 +139,18 @@ def _append(existing: str | None, value: str) -> str:
     return f"{existing}, {value}" if existing else value
 
 
-def _forwarded_node(host: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address, parsed once per peer rather than twice per connection."""
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
+        return None
+
+
+def _forwarded_node(host: str) -> str:
+    address = _address(host)
+    if address is None:
         return _quote(host)
     if address.version == 6:
         return f'"[{address}]"'
@@ -152,10 +159,14 @@ def _forwarded_node(host: str) -> str:
 
 def _quote(value: str) -> str:
     """RFC 7239 value: a token as it is, anything else as a quoted string."""
-    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+    if _TOKEN.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+#: RFC 9110 token characters (tchar), ASCII only.
+_TOKEN = re.compile(r"[0-9A-Za-z!#$%&'*+\-.^_`|~]+")
 
 
 def _canonical(name: str) -> str:

@@ -95,20 +95,27 @@ class LiveRoute:
         already rewritten for the backends, ``backend_path``); a
         ``BackendError`` if none does, an ``_admission.Refused`` if the
         client's token names none."""
-        return defer.Deferred.fromCoroutine(self._open(request, client, retrying))
+        if self.gate.source is None:
+            assert self.pool is not None
+            return _failover.open_first(
+                self.pool.candidates(), self._connect(request), self.pool, retrying
+            )
+        return defer.Deferred.fromCoroutine(self._open_token(request, client, retrying))
 
-    async def _open(
+    async def _open_token(
         self,
         request: BackendRequest,
         client: Request | None,
         retrying: Callable[[AnyBackend, BackendError], None],
     ) -> tuple[Any, AnyBackend]:
         candidates = await self.candidates(request.path, client)
+        return await _failover.open_first(candidates, self._connect(request), self.pool, retrying)
 
+    def _connect(self, request: BackendRequest) -> Callable[[AnyBackend], defer.Deferred[Any]]:
         def connect(backend: AnyBackend) -> defer.Deferred[Any]:
             return self.connector(backend).connect(request)
 
-        return await _failover.open_first(candidates, connect, self.pool, retrying)
+        return connect
 
     def usable(self) -> bool:
         """Whether a client of this route would be tried on a backend that is

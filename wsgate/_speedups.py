@@ -30,6 +30,9 @@ embedding wsgate, other versions) runs the plain path.
   without an OpenSSL exception per read, when pyOpenSSL is the version it
   was written for too.
 
+- The garbage collector (``_gctune``): start-up frozen, young collections
+  rarer. Not tied to any version, so on whatever the versions are.
+
 - Debug formatting: Autobahn pretty-prints its whole configuration (and a
   client's transport details) for a debug line on every connection, debug
   logged or not: about a tenth of a handshake's CPU. Its module-global
@@ -44,6 +47,8 @@ import pprint
 import types
 from typing import Any
 
+from autobahn.util import hltype as _hltype
+from autobahn.util import hlval as _hlval
 from autobahn.websocket.xormasker import (  # type: ignore[attr-defined]
     create_xor_masker as _native_masker,
 )
@@ -54,7 +59,7 @@ from twisted.python import log
 from wsaccel.utf8validator import Utf8Validator as _WsaccelValidator
 from wsaccel.xormask import createXorMasker as _wsaccel_masker
 
-from wsgate import _tlspath
+from wsgate import _gctune, _tlspath
 
 _log = Logger(namespace="wsgate")
 
@@ -109,6 +114,7 @@ def install(reactor: Any) -> bool:
     """Turn the shortcuts on for ``reactor`` if Twisted and Autobahn are the
     versions they were written for; log one line either way."""
     global _eager, _eager_tls
+    _gctune.install(reactor)
     found = _versions()
     if found != _WRITTEN_FOR:
         _log.info(
@@ -182,12 +188,44 @@ def _lazy_debug_formatting() -> None:
     transport details) for a debug line on every connection, before the
     logger looks at the level: a tenth of a handshake's CPU. Its module's
     ``pformat`` becomes lazy; ``Timings.__str__``, the one caller that must
-    return a str, formats for real."""
+    return a str, formats for real. So do ``hltype`` and ``hlval`` (a
+    method's qualified name, coloured), which only its debug lines take:
+    about 20 calls per connection (~1 us each for ``hltype``)."""
+    from autobahn.twisted import websocket as twisted_module
     from autobahn.websocket import protocol as module
 
     protocol: Any = module  # its globals, which mypy sees as private
     protocol.pformat = _LazyFormat
     protocol.Timings.__str__ = _timings_str
+    modules: tuple[Any, ...] = (protocol, twisted_module)
+    for where in modules:
+        where.hltype = _LazyCall.of(_hltype)
+        where.hlval = _LazyCall.of(_hlval)
+
+
+class _LazyCall:
+    """``call(*args)`` made into text only if a log observer reads it."""
+
+    __slots__ = ("_args", "_call", "_kwargs")
+
+    def __init__(self, call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._call = call
+        self._args = args
+        self._kwargs = kwargs
+
+    @classmethod
+    def of(cls, call: Any) -> Any:
+        def lazy(*args: Any, **kwargs: Any) -> _LazyCall:
+            return cls(call, args, kwargs)
+
+        lazy.__wrapped__ = call  # type: ignore[attr-defined]
+        return lazy
+
+    def __str__(self) -> str:
+        return str(self._call(*self._args, **self._kwargs))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def _timings_str(timings: Any) -> str:

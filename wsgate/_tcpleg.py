@@ -24,7 +24,7 @@ from zope.interface import implementer
 from wsgate import _sockets, _speedups
 from wsgate._closecodes import Cause, Close, Side
 from wsgate._config import RouteSettings, StreamBackend
-from wsgate._connect import BackendRequest, Connector, stream_endpoint
+from wsgate._connect import BackendRequest, Connector, stream_address, stream_endpoint
 from wsgate._relay import TransportLeg
 
 _log = Logger(namespace="wsgate")
@@ -219,7 +219,15 @@ class StreamConnector(Connector[StreamLeg]):
         self._reactor = reactor
         self._close_timeout = settings.close_timeout
         to = stream_endpoint(reactor, backend.endpoint)
-        super().__init__(reactor, backend.url, to, settings.connect_timeout, self._leg)
+        direct = stream_address(backend.endpoint)
+        if direct is None:
+            super().__init__(reactor, backend.url, to, settings.connect_timeout, self._leg)
+            return
+        # The endpoint string's timeout= bounds the connect too, as the
+        # endpoint's own timer did.
+        address, own_timeout = direct
+        timeout = min(settings.connect_timeout, own_timeout)
+        super().__init__(reactor, backend.url, to, timeout, self._leg, address)
 
     def _leg(self, request: BackendRequest) -> StreamLeg:
         return StreamLeg(
