@@ -252,6 +252,28 @@ def test_daemon_that_starts_returns_at_once(tmp_path: Path) -> None:
         time.sleep(0.05)  # the daemon is not our child: poll its pid file
 
 
+def test_a_sigterm_before_the_reactor_runs_stops_it_once_running() -> None:
+    """twistd reports a daemon started before its reactor runs; a SIGTERM in
+    between must not kill it (its pid file would stay): the reactor stops,
+    and so drains and removes the pid file, once it runs."""
+    import signal
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from wsgate import _daemon
+
+    reactor = MemoryReactorClock()
+    calls: list[object] = []
+    reactor.callFromThread = lambda f, *a, **kw: calls.append(f)  # type: ignore[method-assign]
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _daemon.stop_on_early_sigterm(reactor)
+        signal.raise_signal(signal.SIGTERM)  # the process goes on
+        assert calls == [reactor.stop]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [

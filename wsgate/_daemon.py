@@ -12,9 +12,10 @@ the daemon's one-line reason from it, prints it and exits 1.
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from types import TracebackType
-from typing import NoReturn
+from types import FrameType, TracebackType
+from typing import Any, NoReturn
 
 _pipe: tuple[int, int] | None = None
 _origin = 0
@@ -30,6 +31,23 @@ def watch() -> None:
     if not _hooked:
         os.register_at_fork(after_in_parent=_after_fork_in_parent)
         _hooked = True
+
+
+def stop_on_early_sigterm(reactor: Any) -> None:
+    """Until the reactor runs, a SIGTERM stops it as soon as it starts.
+
+    twistd reports a daemon started (and its waiting process exits) before
+    the reactor runs and installs its own signal handlers; a SIGTERM in
+    between would kill the daemon outright and leave its pid file behind.
+    With this handler the stop waits for the reactor, then goes as any
+    other: the drain, the pid file removed. The reactor's own handler
+    replaces it once running.
+    """
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _after_fork_in_parent() -> None:

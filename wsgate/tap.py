@@ -370,6 +370,7 @@ def makeService(options: Options) -> IService:
     from wsgate import _daemon, _process, _speedups
 
     _daemon.watch()
+    _daemon.stop_on_early_sigterm(reactor)
     config = options["config"]
     if config.workers > 1:
         from wsgate import _workers
