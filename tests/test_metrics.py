@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from peers import TIMEOUT, backend, client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -92,7 +93,8 @@ def test_metrics_before_and_after_traffic(wsgate: GateFactory) -> None:
     assert 0 < value(after, "wsgate_backend_connect_seconds_sum", route=route) < TIMEOUT
 
 
-def test_handshake_failures_by_status(wsgate: GateFactory) -> None:
+def _two_502s(wsgate: GateFactory) -> tuple[int, int]:
+    """A gateway whose backend is down, asked twice; its backend and metrics ports."""
     port, metrics = free_port(), free_port()
     gate = wsgate(
         "--backend", f"ws://127.0.0.1:{port}", "--metrics", f"tcp:{metrics}:interface=127.0.0.1"
@@ -104,8 +106,22 @@ def test_handshake_failures_by_status(wsgate: GateFactory) -> None:
                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             )
             assert sock.recv(100).startswith(b"HTTP/1.1 502 ")
+    return port, metrics
+
+
+def test_handshake_failures_by_status(wsgate: GateFactory) -> None:
+    _, metrics = _two_502s(wsgate)
     samples = scrape(metrics)
     assert value(samples, "wsgate_handshake_failures_total", status="502") == 2
+
+
+@pytest.mark.single_process(
+    "passive health is per worker; the tree's wsgate_backend_up is the most of any "
+    "worker's, 1 while one has not failed on it (README, Workers)"
+)
+def test_a_backend_that_refused_is_not_up(wsgate: GateFactory) -> None:
+    port, metrics = _two_502s(wsgate)
+    samples = scrape(metrics)
     assert value(samples, "wsgate_backend_up", backend=f"ws://127.0.0.1:{port}") == 0
 
 
