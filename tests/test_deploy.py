@@ -144,18 +144,26 @@ def from_address(address: str) -> dict[str, object]:
     return {"local_addr": (address, 0)}
 
 
-@needs_haproxy
-def test_proxy_v2_gives_the_real_client_address(wsgate: GateFactory, tmp_path: Path) -> None:
-    """The address HAProxy's PROXY v2 header carries (127.0.0.2, not HAProxy's
-    127.0.0.1) is in the log and in X-Forwarded-For and Forwarded."""
+def _behind_haproxy(wsgate: GateFactory, *args: str) -> tuple[Wsgate, int, int]:
+    """A gateway on a PROXY v2 listener (for HAProxy) with ``args``; it, the
+    listener's port and its backend's."""
     listen, backend_port = free_port(), free_port()
     gate = wsgate(
         "--listen",
         f"haproxy:tcp:{listen}:interface=127.0.0.1",
         "--backend",
         f"ws://127.0.0.1:{backend_port}",
+        *args,
         wait_port=listen,
     )
+    return gate, listen, backend_port
+
+
+@needs_haproxy
+def test_proxy_v2_gives_the_real_client_address(wsgate: GateFactory, tmp_path: Path) -> None:
+    """The address HAProxy's PROXY v2 header carries (127.0.0.2, not HAProxy's
+    127.0.0.1) is in the log and in X-Forwarded-For and Forwarded."""
+    gate, listen, backend_port = _behind_haproxy(wsgate)
 
     async def main(port: int) -> None:
         async with backend(backend_port) as state:
@@ -180,16 +188,7 @@ def test_max_connections_per_ip_counts_the_address_proxy_v2_carries(
 ) -> None:
     """Behind HAProxy, every connection comes from 127.0.0.1: the limit counts
     the real address, so 127.0.0.2's second one gets 503 and 127.0.0.3's is let in."""
-    listen, backend_port = free_port(), free_port()
-    gate = wsgate(
-        "--listen",
-        f"haproxy:tcp:{listen}:interface=127.0.0.1",
-        "--backend",
-        f"ws://127.0.0.1:{backend_port}",
-        "--max-connections-per-ip",
-        "1",
-        wait_port=listen,
-    )
+    gate, listen, backend_port = _behind_haproxy(wsgate, "--max-connections-per-ip", "1")
 
     async def main(port: int) -> None:
         async with backend(backend_port):
