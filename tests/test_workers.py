@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -496,6 +497,23 @@ def test_the_pid_file_names_the_supervisor(tmp_path: Path) -> None:
     assert not pidfile.exists()
 
 
+async def _eight_held_through_a_sigterm(
+    gate: Wsgate, port: int, then: Callable[[], Awaitable[None]]
+) -> int | None:
+    """Eight clients relayed to a backend on ``port`` that never answer a
+    close, a SIGTERM to the supervisor, ``then()``; the supervisor's exit code."""
+    assert gate.proc is not None
+    async with backend(port) as state:
+        raw = [await raw_handshake(gate.port) for _ in range(8)]
+        await state.wait_seen(8)
+        gate.proc.send_signal(signal.SIGTERM)
+        await then()
+        code = await asyncio.to_thread(gate.proc.wait, TIMEOUT)
+        for _, writer in raw:
+            writer.close()
+        return code
+
+
 def test_the_supervisors_stop_and_a_signal_to_each_worker_are_one_drain(
     wsgate: GateFactory,
 ) -> None:
@@ -508,22 +526,14 @@ def test_the_supervisors_stop_and_a_signal_to_each_worker_are_one_drain(
     assert gate.proc is not None
     pids = worker_pids(gate)
 
-    async def main() -> int:
-        async with backend(port) as state:
-            raw = [await raw_handshake(gate.port) for _ in range(8)]
-            await state.wait_seen(8)
-            gate.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            await wait_for_line(gate, r"draining: 2 worker\(s\) asked to drain")
-            await wait_for_line(gate, r"worker \d\] draining: listeners closed")
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            code = await asyncio.to_thread(gate.proc.wait, TIMEOUT)  # type: ignore[union-attr]
-            for _, writer in raw:
-                writer.close()
-            return code
+    async def then() -> None:
+        await wait_for_line(gate, r"draining: 2 worker\(s\) asked to drain")
+        await wait_for_line(gate, r"worker \d\] draining: listeners closed")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
-    assert asyncio.run(main()) == 0
+    assert asyncio.run(_eight_held_through_a_sigterm(gate, port, then)) == 0
     log = gate.log()
     assert "second signal" not in log
     drained = re.findall(r"drained: (\d+) connection\(s\) closed, (\d+) dropped", log)
@@ -595,19 +605,11 @@ def test_a_second_signal_drops_every_workers_connections_and_each_says_how_many(
     )
     assert gate.proc is not None
 
-    async def main() -> int:
-        async with backend(port) as state:
-            raw = [await raw_handshake(gate.port) for _ in range(8)]
-            await state.wait_seen(8)
-            gate.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            await wait_for_line(gate, r"worker \d\] draining: listeners closed")
-            gate.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
-            code = await asyncio.to_thread(gate.proc.wait, TIMEOUT)  # type: ignore[union-attr]
-            for _, writer in raw:
-                writer.close()
-            return code
+    async def then() -> None:
+        await wait_for_line(gate, r"worker \d\] draining: listeners closed")
+        gate.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
 
-    assert asyncio.run(main()) == 0
+    assert asyncio.run(_eight_held_through_a_sigterm(gate, port, then)) == 0
     log = gate.log()
     assert "draining: second signal, every worker drops its connections" in log
     dropped = re.findall(r"worker \d\] draining: second signal, (\d+) connection\(s\) dropped", log)
