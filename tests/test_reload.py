@@ -101,6 +101,31 @@ def started(tmp_path: Path) -> Iterator[tuple[Gateway, _Reactor, Path]]:
     assert reactor.bound == {}
 
 
+def test_the_descriptor_limit_is_raised_before_anything_binds(tmp_path: Path) -> None:
+    """A client that can connect meets the raised limit, and the limit's line
+    precedes every connection's in the log (a test reading the log once the
+    port answers found it missing, then late)."""
+    path = tmp_path / "wsgate.toml"
+    path.write_text(_config(1001))
+    reactor = _Reactor()
+    gateway = Gateway(load_file(str(path)), reactor)
+    bound_when_logged: list[dict[int, Any]] = []
+
+    def seen(event: LogEvent) -> None:
+        if "file descriptors" in str(event.get("log_format")):
+            bound_when_logged.append(dict(reactor.bound))
+
+    globalLogPublisher.addObserver(seen)
+    try:
+        gateway.privilegedStartService()
+    finally:
+        globalLogPublisher.removeObserver(seen)
+    assert bound_when_logged == [{}]
+    assert list(reactor.bound) == [1001]
+    gateway.startService()
+    gateway.stopService()
+
+
 def _prefixes(gateway: Gateway) -> list[str]:
     return [r.prefix for r in gateway.config.routes]
 

@@ -127,8 +127,13 @@ class Gateway(service.MultiService):
 
     # -- reloading --------------------------------------------------------------
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
+        # Before binding: a client that can connect sees the raised limit, and
+        # the line precedes any connection's in the log.
         _limits.raise_nofile_limit()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
         super().startService()
         self._previous_hup = signal.signal(signal.SIGHUP, self._on_hup)
         _daemon.done()

@@ -242,6 +242,7 @@ class Supervisor(service.MultiService):
     # -- starting ---------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        _limits.raise_nofile_limit()  # before binding, as one process does
         for listener in self.config.listeners:
             try:
                 self._ports[listener.endpoint] = _bind(self._reactor, listener.endpoint)
@@ -251,7 +252,6 @@ class Supervisor(service.MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
-        _limits.raise_nofile_limit()
         super().startService()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         starting = [self._spawn(number) for number in range(1, self.config.workers + 1)]
