@@ -33,7 +33,7 @@ from typing import Any
 
 from autobahn.websocket.compress import PerMessageDeflate
 
-from wsgate import _heap
+from wsgate import _framepath, _heap
 from wsgate._deflate import DEFAULT_LEVEL, DeflatePolicy  # re-exported (import limit)
 from wsgate._relay import Clock
 
@@ -71,6 +71,8 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     _decompressor: Any
     _threshold: int = 0
     _level: int = DEFAULT_LEVEL
+    #: Whose ``compressobj`` compresses: zlib-ng's, or zlib's (see _framepath).
+    _deflater: Any = _framepath.DEFLATER
     _clock: Clock | None = None
     _timer: Any = None
     _sending: int = _UNDECIDED
@@ -87,10 +89,16 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     @classmethod
     def adopt(
-        cls, pmc: Any, threshold: int, clock: Clock, level: int = DEFAULT_LEVEL
+        cls,
+        pmc: Any,
+        threshold: int,
+        clock: Clock,
+        level: int = DEFAULT_LEVEL,
+        deflater: Any = None,
     ) -> LeanDeflate:
         """A LeanDeflate with the parameters Autobahn negotiated into ``pmc``,
-        compressing at zlib's ``level``."""
+        compressing at ``level`` with ``deflater``'s ``compressobj`` (a
+        zlib-compatible module; None: the process's choice)."""
         lean = cls(
             pmc._is_server,
             pmc.server_no_context_takeover,
@@ -102,6 +110,8 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         )
         lean._threshold = threshold
         lean._level = level
+        if deflater is not None:
+            lean._deflater = deflater
         lean._compressor = pmc._compressor
         lean._decompressor = pmc._decompressor
         if not lean.holds_zlib:
@@ -195,7 +205,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         self._touch()
         if self._compressor is None or self._out_resets:
             window = self._out_window
-            self._compressor = zlib.compressobj(
+            self._compressor = self._deflater.compressobj(
                 self._level,
                 zlib.DEFLATED,
                 -self._out_bits,
