@@ -1,11 +1,14 @@
 """The C functions of the compiled frame path (wsgate/_framecore.c) against
-RFC 6455's examples and known UTF-8 vectors."""
+RFC 6455's examples, known UTF-8 vectors and Autobahn's own UTF-8 validator."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+from autobahn.websocket.utf8validator import Utf8Validator
+from hypothesis import given
+from hypothesis import strategies as st
 
 framecore = pytest.importorskip("wsgate._framecore", reason="wsgate._framecore not built")
 
@@ -127,6 +130,43 @@ def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
 )
 def test_utf8_vectors(data: bytes, verdict: tuple[bool, bool]) -> None:
     assert framecore.utf8_valid(data) == verdict
+
+
+_UTF8_PIECES = st.lists(
+    st.one_of(
+        st.text(max_size=20).map(str.encode),
+        st.binary(max_size=6),
+        st.sampled_from([b"\xe2", b"\x82", b"\xac", b"\xf0\x9f", b"\x98\x80", b"\xed\xa0"]),
+    ),
+    max_size=8,
+)
+
+
+@given(pieces=_UTF8_PIECES)
+def test_utf8_checks_pieces_as_autobahn_s_validator_does(pieces: list[bytes]) -> None:
+    """Piece by piece, up to the first bad piece: the same verdict, the same
+    count of good bytes, and an open code point exactly where Autobahn has one."""
+    ours, autobahn = framecore.Utf8(), Utf8Validator()
+    for piece in pieces:
+        valid, complete, _, total = autobahn.validate(piece)
+        if not valid:
+            received, pending = ours.received, ours.pending
+            assert not ours.feed(piece)
+            assert (ours.received, ours.pending) == (received, pending)  # as before it
+            break
+        assert ours.feed(piece)
+        assert (ours.complete, ours.received) == (complete, total)
+        assert bool(ours.pending) == (not complete)
+    ours.reset()
+    assert (ours.complete, ours.received, ours.pending) == (True, 0, b"")
+
+
+def test_utf8_pending_is_the_open_code_point() -> None:
+    ours = framecore.Utf8()
+    assert ours.feed(b"ab\xf0\x9f")
+    assert (ours.pending, ours.received, ours.complete) == (b"\xf0\x9f", 4, False)
+    assert ours.feed(b"\x98\x80")
+    assert (ours.pending, ours.received, ours.complete) == (b"", 6, True)
 
 
 def test_many_empty_frames_in_one_read() -> None:

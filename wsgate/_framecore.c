@@ -12,6 +12,9 @@
  * as Autobahn's parser would.
  *
  * frame(): builds one outgoing frame (header, optional mask, payload).
+ *
+ * Utf8: the incremental UTF-8 check of a compressed text message's inflated
+ * pieces (the reader checks only what it reads itself).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -464,6 +467,82 @@ static PyTypeObject ReaderType = {
     .tp_members = Reader_members,
 };
 
+/* -- Utf8 ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    utf8_state s;
+    long long received; /* bytes found valid so far */
+} Utf8;
+
+static PyObject *
+Utf8_feed(Utf8 *u, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    utf8_state s = u->s; /* a failure leaves the state as it was */
+    int ok = utf8_feed(&s, view.buf, view.len);
+    if (ok) {
+        u->s = s;
+        u->received += view.len;
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *
+Utf8_reset(Utf8 *u, PyObject *Py_UNUSED(ignored))
+{
+    memset(&u->s, 0, sizeof u->s);
+    u->received = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Utf8_get_complete(Utf8 *u, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(u->s.need == 0);
+}
+
+static PyObject *
+Utf8_get_pending(Utf8 *u, void *Py_UNUSED(closure))
+{
+    return PyBytes_FromStringAndSize((const char *)u->s.pend, u->s.need ? u->s.npend : 0);
+}
+
+static PyMethodDef Utf8_methods[] = {
+    {"feed", (PyCFunction)Utf8_feed, METH_O,
+     "Check the next bytes: False if they make the text invalid (the state is then "
+     "as before them)."},
+    {"reset", (PyCFunction)Utf8_reset, METH_NOARGS, "A new message begins."},
+    {NULL}
+};
+
+static PyMemberDef Utf8_members[] = {
+    {"received", T_LONGLONG, offsetof(Utf8, received), READONLY,
+     "The bytes found valid so far."},
+    {NULL}
+};
+
+static PyGetSetDef Utf8_getset[] = {
+    {"complete", (getter)Utf8_get_complete, NULL, "Whether the text ends on a code point.", NULL},
+    {"pending", (getter)Utf8_get_pending, NULL, "The bytes of the code point still open.", NULL},
+    {NULL}
+};
+
+static PyTypeObject Utf8Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wsgate._framecore.Utf8",
+    .tp_basicsize = sizeof(Utf8),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Utf8(): UTF-8 checked piece by piece.",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Utf8_methods,
+    .tp_members = Utf8_members,
+    .tp_getset = Utf8_getset,
+};
+
 /* -- writing ------------------------------------------------------------------ */
 
 static uint64_t rng_state;
@@ -574,7 +653,7 @@ PyInit__framecore(void)
 {
     if (getrandom(&rng_state, sizeof rng_state, 0) != sizeof rng_state || rng_state == 0)
         rng_state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)&rng_state;
-    if (PyType_Ready(&ReaderType) < 0)
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&Utf8Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -582,6 +661,12 @@ PyInit__framecore(void)
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(&ReaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Utf8Type);
+    if (PyModule_AddObject(m, "Utf8", (PyObject *)&Utf8Type) < 0) {
+        Py_DECREF(&Utf8Type);
         Py_DECREF(m);
         return NULL;
     }

@@ -19,5 +19,17 @@ class Reader:
         bytes, bool, bool, int, bytes | None, tuple[int, bool, int, bytes | None, int] | None, int
     ]: ...
 
+class Utf8:
+    """UTF-8 checked piece by piece (a compressed text message's inflated pieces)."""
+
+    #: The bytes found valid so far.
+    received: int
+    #: Whether the text so far ends on a code point.
+    complete: bool
+    #: The bytes of the code point still open.
+    pending: bytes
+    def feed(self, data: bytes, /) -> bool: ...
+    def reset(self) -> None: ...
+
 def frame(opcode: int, payload: bytes, fin: bool, rsv: int, masked: bool, /) -> bytes: ...
 def utf8_valid(data: bytes, /) -> tuple[bool, bool]: ...

@@ -104,9 +104,14 @@ class RelayedLeg(TransportLeg):
     _compiled_reads: bool = False
     #: The compiled reader's message is compressed: this leg inflates it.
     _inflating: bool = False
-    #: ... and validates its inflated text with Autobahn's validator, whose
-    #: last verdict this is (None: not validated).
-    _inflated_utf8: tuple[bool, bool, int, int] | None = None
+    #: ... and checks its inflated text (with ``_utf8``, the compiled check,
+    #: made for the leg's first compressed text message).
+    _inflating_text: bool = False
+    _utf8: Any = None
+    #: Autobahn's validator's last verdict once it took over the inflated
+    #: text (at its first bad byte, to name the octet index as it does; it
+    #: then holds the message's state); None: the compiled check holds it.
+    _utf8_last: tuple[bool, bool, int, int] | None = None
 
     #: This leg's permessage-deflate policy (its threshold counts once open).
     deflate_policy: DeflatePolicy = DeflatePolicy()
@@ -491,11 +496,15 @@ class RelayedLeg(TransportLeg):
         self._inflating = True
         self._perMessageCompress.start_decompress_message()
         me: Any = self
+        self._utf8_last = None
         if not binary and me.utf8validateIncoming:
-            me.utf8validator.reset()
-            self._inflated_utf8 = (True, True, 0, 0)
+            self._inflating_text = True
+            utf8 = self._utf8
+            if utf8 is None:
+                utf8 = self._utf8 = self._core.Utf8()
+            utf8.reset()
         else:
-            self._inflated_utf8 = None
+            self._inflating_text = False
 
     def _inflate(self, payload: bytes, final: bool) -> bool:
         """Inflate a piece of a compressed message and relay it, step by step
@@ -536,11 +545,21 @@ class RelayedLeg(TransportLeg):
                     f"of {limit} octets",
                 )
                 return False
-        if self._inflated_utf8 is not None:
-            last = self._inflated_utf8 = me.utf8validator.validate(data)
-            if not last[0] and me._invalid_payload(
-                "encountered invalid UTF-8 while processing text message at payload "
-                f"octet index {last[3]}"
+        if self._inflating_text:
+            last = self._utf8_last
+            if last is not None or not self._utf8.feed(data):
+                validator = me.utf8validator
+                if last is None:
+                    utf8 = self._utf8
+                    _resume_validator(validator, utf8.received, utf8.pending)
+                last = self._utf8_last = validator.validate(data)
+            if (
+                last is not None
+                and not last[0]
+                and me._invalid_payload(
+                    "encountered invalid UTF-8 while processing text message at payload "
+                    f"octet index {last[3]}"
+                )
             ):
                 return False
         if final:
@@ -550,16 +569,17 @@ class RelayedLeg(TransportLeg):
                 if not self.failedByMe:
                     me._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
                 return False
-            last = self._inflated_utf8
-            if (
-                last is not None
-                and not last[1]
-                and me._invalid_payload(
-                    "UTF-8 text message payload ended within Unicode code point at "
-                    f"payload octet index {last[3]}"
+            if self._inflating_text:
+                last = self._utf8_last
+                utf8 = self._utf8
+                complete, index = (
+                    (utf8.complete, utf8.received) if last is None else (last[1], last[3])
                 )
-            ):
-                return False
+                if not complete and me._invalid_payload(
+                    "UTF-8 text message payload ended within Unicode code point at "
+                    f"payload octet index {index}"
+                ):
+                    return False
             self._inflating = False
         if (data or final) and self._held is None and self.relay is not None:
             self.relay.message_data(self.side, data, final)
@@ -579,9 +599,13 @@ class RelayedLeg(TransportLeg):
             me.message_data_total_length = total
             me._isMessageCompressed = inflating
             if inflating:
-                last = self._inflated_utf8
-                me.utf8validateIncomingCurrentMessage = last is not None
-                if last is not None:
+                text = self._inflating_text
+                me.utf8validateIncomingCurrentMessage = text
+                if text:
+                    last = self._utf8_last
+                    if last is None:
+                        utf8 = self._utf8
+                        last = _resume_validator(me.utf8validator, utf8.received, utf8.pending)
                     me.utf8validateLast = last
             else:
                 me.utf8validateIncomingCurrentMessage = pending is not None
