@@ -37,10 +37,22 @@ def test_frame_masks_with_a_fresh_mask() -> None:
 
 def test_reader_reads_rfc6455_examples() -> None:
     """A masked "Hello" (the RFC's own bytes) and a fragmented unmasked one."""
+    hello = bytes.fromhex("818537fa213d7f9f4d5158")
     reader = framecore.Reader(True)
-    reader.feed(bytes.fromhex("818537fa213d7f9f4d5158"))
+    reader.feed(hello)
+    assert reader.next() == (5, False, False, b"Hello")  # a whole message in one event
+    assert reader.next() is None
+    reader = framecore.Reader(True, whole_text=False)
+    reader.feed(hello)
     assert reader.next() == (0, False, False)
     assert reader.next() == (1, b"Hello", True)
+    assert reader.next() is None
+    reader = framecore.Reader(True)  # not all read yet: piece by piece
+    reader.feed(hello[:9])
+    assert reader.next() == (0, False, False)
+    assert reader.next() == (1, b"Hel", False)
+    reader.feed(hello[9:])
+    assert reader.next() == (1, b"lo", True)
     assert reader.next() is None
     reader = framecore.Reader(False)
     reader.feed(bytes.fromhex("010348656c") + bytes.fromhex("89") + b"\x00" + b"\x80\x02lo")
@@ -85,23 +97,33 @@ def test_reader_frames_a_compressed_message_and_leaves_its_bytes_alone() -> None
     assert (len(rest), inside, binary, total, pending, frame) == (14, True, False, 93, None, None)
     # The next message after the hand-off is plain again.
     reader.feed(b"\x81\x81" + mask + bytes([ord("x") ^ 1]))
-    assert reader.next() == (0, False, False)
+    assert reader.next() == (5, False, False, b"x")
 
 
 def test_a_failed_frame_is_handed_back_not_ended() -> None:
     """``handoff(True)`` right after a frame's last piece: the caller failed
     on it, so Autobahn gets the frame as read but not ended."""
-    reader = framecore.Reader(False, 0, True, True)
-    reader.feed(b"\xc2\x02ab\x89\x00")
-    assert reader.next() == (0, True, True)
-    assert reader.next() == (1, b"ab", True)
-    rest, inside, binary, total, _, frame, _ = reader.handoff(True)
-    assert (rest, inside, binary, total) == (b"\x89\x00", True, True, 2)
-    assert frame == (2, True, 2, None, 2)
+    for whole in (True, False):
+        reader = framecore.Reader(False, 0, True, True)
+        if whole:
+            reader.feed(b"\xc2\x02ab\x89\x00")
+            assert reader.next() == (5, True, True, b"ab")
+        else:
+            reader.feed(b"\xc2\x02a")
+            assert reader.next() == (0, True, True)
+            assert reader.next() == (1, b"a", False)
+            reader.feed(b"b\x89\x00")
+            assert reader.next() == (1, b"b", True)
+        rest, inside, binary, total, _, frame, received = reader.handoff(True)
+        assert (rest, inside, binary, total, received) == (b"\x89\x00", True, True, 2, 2)
+        assert frame == (2, True, 2, None, 2)
     # Without reopen, or after another event, the frame is over.
     reader.feed(b"\xc2\x02ab\x89\x00")
-    reader.next(), reader.next(), reader.next()
+    reader.next(), reader.next()
     assert reader.handoff(True)[1] is False
+    reader.feed(b"\xc2\x02ab")
+    reader.next()
+    assert reader.handoff()[1] is False
 
 
 def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
@@ -114,6 +136,19 @@ def test_reader_hands_off_bad_utf8_with_the_message_state() -> None:
     assert reader.next() == (1, b"a" + euro[:1], False)
     assert reader.next() == (4,)
     assert reader.handoff() == (b"A", True, False, 3, euro[:1], (0, True, 1, None, 0), 2)
+
+
+def test_text_that_is_not_valid_utf8_is_never_whole() -> None:
+    """A whole message is read only when its text is valid; otherwise nothing
+    of it is read, and its pieces reach the check that hands it over."""
+    reader = framecore.Reader(False)
+    reader.feed(b"\x81\x02a\xff")
+    assert reader.next() == (0, False, False)
+    assert reader.next() == (4,)
+    assert reader.handoff()[5] == (1, True, 2, None, 0)
+    reader.feed(b"\x81\x02a\xe2")  # ends inside a code point
+    assert reader.next() == (0, False, False)
+    assert reader.next() == (4,)
 
 
 @pytest.mark.parametrize(
@@ -188,11 +223,22 @@ def test_a_drained_reader_lets_go_of_its_read() -> None:
     before = sys.getrefcount(data)
     reader.feed(data)
     assert sys.getrefcount(data) == before + 1
-    assert reader.next() == (0, True, False)
-    assert reader.next() == (1, bytes(256), True)
+    assert reader.next() == (5, True, False, bytes(256))
     assert reader.next() is None
     assert sys.getrefcount(data) == before
+    reader.feed(data[:100])  # piece by piece
+    assert reader.next() == (0, True, False)
+    assert reader.next() == (1, bytes(96), False)
+    rest = data[100:]
+    before = sys.getrefcount(rest)
+    reader.feed(rest)
+    assert reader.next() == (1, bytes(160), True)
+    assert reader.next() is None
+    assert sys.getrefcount(rest) == before
     reader.feed(b"\x82\x00")  # a zero-length frame ending the read still ends its message
+    assert reader.next() == (5, True, False, b"")
+    assert reader.next() is None
+    reader.feed(b"\x02\x00\x80\x00")  # and so does a zero-length final fragment
     assert reader.next() == (0, True, False)
     assert reader.next() == (1, b"", True)
     assert reader.next() is None

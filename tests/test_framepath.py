@@ -64,6 +64,11 @@ class _Relay:
     def message_data(self, side: Side, data: bytes, final: bool) -> None:
         self.events.append(("data", data, final))
 
+    def message(self, side: Side, binary: bool, data: bytes) -> None:
+        # A whole message is its begin and its final piece.
+        self.events.append(("begin", binary))
+        self.events.append(("data", data, True))
+
     def touch(self, side: Side) -> None:
         self.events.append(("touch", side))
 
@@ -347,6 +352,55 @@ def test_both_paths_write_the_same_frames(
         if data:
             assert bool(data[1] & 0x80) == (not server)
     assert written[0] == written[1]
+
+
+@pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+@settings(max_examples=50, deadline=None)
+@given(
+    messages=st.lists(
+        st.tuples(
+            st.booleans(),
+            st.one_of(st.binary(max_size=3000), st.text(max_size=300).map(str.encode)),
+        ),
+        max_size=5,
+    )
+)
+def test_a_whole_message_goes_out_as_begin_and_final_data_do(
+    server: bool, deflate: bool, messages: list[tuple[bool, bytes]]
+) -> None:
+    """``send_message`` (the compiled reader's whole messages) writes the
+    frames ``send_begin`` and ``send_data(data, True)`` write, on both paths."""
+    written = []
+    for whole in (False, True):
+        for compiled in (False, True):
+            leg, transport, _ = _open_leg(server, compiled, False, deflate)
+            for binary, data in messages:
+                if whole:
+                    leg.send_message(binary, data)
+                else:
+                    leg.send_begin(binary)
+                    leg.send_data(data, True)
+            written.append(_frames_written(transport.value()))
+    assert written[0] == written[1] == written[2] == written[3]
+
+
+@pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])
+def test_one_frame_messages_reach_the_relay_whole(server: bool) -> None:
+    """A message of one frame, all in one read, is one event (binary, or
+    valid text); text on a leg that refuses it comes piece by piece."""
+    leg, _, relay = _open_leg(server, True, False)
+    calls: list[tuple[Any, ...]] = []
+    relay.message = lambda side, binary, data: calls.append((binary, data))  # type: ignore[method-assign]
+    leg.dataReceived(_encode(1, "héllo".encode(), True, 0, server))
+    leg.dataReceived(_encode(2, b"\x00\x01", True, 0, server))
+    leg.dataReceived(_encode(1, b"in ", False, 0, server) + _encode(0, b"two", True, 0, server))
+    assert calls == [(False, "héllo".encode()), (True, b"\x00\x01")]
+    assert relay.events == [("begin", False), ("data", b"in ", False), ("data", b"two", True)]
+    refusing, _, relay = _open_leg(server, True, False)
+    refusing._binary_only = True
+    refusing.dataReceived(_encode(1, b"text", True, 0, server))
+    assert relay.events == [("begin", False), ("data", b"text", True)]
 
 
 def test_the_legs_use_the_chosen_path() -> None:

@@ -31,6 +31,9 @@ class FakeLeg:
     def send_data(self, data: bytes, final: bool) -> None:
         self.sent.append(("data", (data, final)))
 
+    def send_message(self, binary: bool, data: bytes) -> None:
+        self.sent.append(("message", (binary, data)))
+
     def send_close(self, close: Close) -> None:
         self.sent.append(("close", close))
 
@@ -80,6 +83,37 @@ def test_messages_cross_in_order_both_ways() -> None:
     assert client.sent == [("begin", True), ("data", (b"\x00", True))]
     assert (relay.stats.upstream.messages, relay.stats.upstream.bytes) == (1, 5)
     assert (relay.stats.downstream.messages, relay.stats.downstream.bytes) == (1, 1)
+
+
+def test_a_whole_message_crosses_as_one_and_counts_as_begin_and_data_do() -> None:
+    client, backend, relay, clock, _ = _pair()
+    relay.start()
+    clock.advance(3)
+    relay.message(Side.CLIENT, False, b"hello")
+    relay.message(Side.BACKEND, True, b"\x00\x01")
+    assert backend.sent == [("message", (False, b"hello"))]
+    assert client.sent == [("message", (True, b"\x00\x01"))]
+    assert (relay.stats.upstream.messages, relay.stats.upstream.bytes) == (1, 5)
+    assert (relay.stats.downstream.messages, relay.stats.downstream.bytes) == (1, 2)
+    assert relay.heard_at(Side.CLIENT) == relay.heard_at(Side.BACKEND) == 3
+
+
+def test_a_whole_message_from_the_side_that_ended_goes_nowhere() -> None:
+    client, backend, relay, _, _ = _pair()
+    relay.start()
+    relay.leg_ending(Side.CLIENT, Cause.FAILED, 1002, "bad frame")
+    relay.message(Side.CLIENT, False, b"late")
+    relay.message(Side.BACKEND, False, b"echo")
+    assert backend.sent == [("close", Close(1001, "client failed (1002: bad frame)"))]
+    assert client.sent == [("message", (False, b"echo"))]
+
+
+def test_a_whole_message_before_start_waits_as_begin_and_data() -> None:
+    client, _backend, relay, _, _ = _pair()
+    relay.message(Side.BACKEND, False, b"welcome")
+    assert client.sent == []
+    relay.start()
+    assert client.sent == [("begin", False), ("data", (b"welcome", True))]
 
 
 def test_events_before_start_wait_in_order() -> None:

@@ -24,7 +24,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-enum { EV_BEGIN = 0, EV_DATA = 1, EV_PING = 2, EV_PONG = 3, EV_HANDOFF = 4 };
+enum { EV_BEGIN = 0, EV_DATA = 1, EV_PING = 2, EV_PONG = 3, EV_HANDOFF = 4, EV_WHOLE = 5 };
 
 /* -- UTF-8 (RFC 3629), incremental --------------------------------------- */
 
@@ -121,6 +121,7 @@ typedef struct {
     long long max_message;   /* 0: no limit */
     int validate;            /* validate text messages */
     int rsv1_ok;             /* permessage-deflate is on: RSV1 starts a compressed message */
+    int whole_text;          /* text messages may come whole (EV_WHOLE), not only binary */
     /* the stream */
     PyObject *buf;           /* bytes, or NULL */
     Py_ssize_t pos;
@@ -161,17 +162,19 @@ reader_reset(Reader *r)
 static int
 Reader_init(Reader *r, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"masked", "max_message", "validate_utf8", "rsv1_ok", NULL};
-    int masked, validate = 1, rsv1_ok = 0;
+    static char *names[] = {"masked", "max_message", "validate_utf8", "rsv1_ok", "whole_text",
+                            NULL};
+    int masked, validate = 1, rsv1_ok = 0, whole_text = 1;
     long long max_message = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "p|Lpp", names, &masked, &max_message, &validate,
-                                     &rsv1_ok))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "p|Lppp", names, &masked, &max_message, &validate,
+                                     &rsv1_ok, &whole_text))
         return -1;
     reader_reset(r);
     r->masked = masked;
     r->max_message = max_message < 0 ? 0 : max_message;
     r->validate = validate;
     r->rsv1_ok = rsv1_ok;
+    r->whole_text = whole_text;
     return 0;
 }
 
@@ -236,9 +239,44 @@ ev1(int kind)
     return Py_BuildValue("(i)", kind);
 }
 
+/* A message of one frame, all in the buffer (its header just read): the
+ * event (5, binary, compressed, payload) with the reader where the final
+ * piece's event would have left it; None, and nothing read, when its text
+ * is not valid UTF-8 (the piece-by-piece events then hand it to Autobahn). */
+static PyObject *
+read_whole(Reader *r, const uint8_t *base)
+{
+    Py_ssize_t n = (Py_ssize_t)r->length;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, n);
+    if (!payload)
+        return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(payload);
+    if (r->has_mask)
+        xor_mask(out, base + r->pos, n, r->mask, 0);
+    else
+        memcpy(out, base + r->pos, n);
+    if (!r->binary && r->validate && !r->compressed) {
+        utf8_state s = r->utf8;
+        if (!utf8_feed(&s, out, n) || s.need != 0) {
+            Py_DECREF(payload);
+            Py_RETURN_NONE;
+        }
+        r->utf8 = s;
+    }
+    r->pos += n;
+    r->pointer = r->length;
+    r->received = n;
+    r->in_frame = 0;
+    r->inside = 0;
+    r->just_finished = 1;
+    return Py_BuildValue("(iOON)", EV_WHOLE, r->binary ? Py_True : Py_False,
+                         r->compressed ? Py_True : Py_False, payload);
+}
+
 /* The next event: None (more bytes needed), (0, binary, compressed) a message begins,
  * (1, payload, final) a piece of it, (2, payload) a ping, (3, payload) a pong,
- * (4,) hand the stream to Autobahn (see handoff()). */
+ * (4,) hand the stream to Autobahn (see handoff()), (5, binary, compressed,
+ * payload) a whole message (one frame, all read: begin and final piece in one). */
 static PyObject *
 Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
 {
@@ -378,6 +416,12 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
             r->compressed = rsv == 4;  /* the only RSV a data frame gets here with */
             r->received = 0;
             memset(&r->utf8, 0, sizeof r->utf8);
+            if (fin && (uint64_t)(avail - hlen) >= length && (r->binary || r->whole_text)) {
+                PyObject *whole = read_whole(r, base);
+                if (whole != Py_None)
+                    return whole; /* the message, or NULL (an error) */
+                Py_DECREF(whole);
+            }
             return Py_BuildValue("(iOO)", EV_BEGIN, r->binary ? Py_True : Py_False,
                                  r->compressed ? Py_True : Py_False);
         }
@@ -430,9 +474,11 @@ Reader_handoff(Reader *r, PyObject *args)
                                      r->binary ? Py_True : Py_False, r->total, pending, frame,
                                      r->received);
     int masked = r->masked, validate = r->validate, rsv1_ok = r->rsv1_ok;
+    int whole_text = r->whole_text;
     long long max_message = r->max_message;
     reader_reset(r);
     r->rsv1_ok = rsv1_ok;
+    r->whole_text = whole_text;
     r->masked = masked;
     r->validate = validate;
     r->max_message = max_message;
@@ -459,7 +505,8 @@ static PyTypeObject ReaderType = {
     .tp_name = "wsgate._framecore.Reader",
     .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Reader(masked, max_message=0, validate_utf8=True, rsv1_ok=False): frames of an open leg.",
+    .tp_doc = "Reader(masked, max_message=0, validate_utf8=True, rsv1_ok=False, whole_text=True): "
+              "frames of an open leg.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,

@@ -2,7 +2,12 @@
 
 class Reader:
     def __init__(
-        self, masked: bool, max_message: int = 0, validate_utf8: bool = True, rsv1_ok: bool = False
+        self,
+        masked: bool,
+        max_message: int = 0,
+        validate_utf8: bool = True,
+        rsv1_ok: bool = False,
+        whole_text: bool = True,
     ) -> None: ...
     #: The message's size so far as Autobahn counts it (a compressed
     #: message's caller adds what inflating grew).
@@ -11,7 +16,12 @@ class Reader:
     def next(
         self,
     ) -> (
-        tuple[int, bool, bool] | tuple[int, bytes, bool] | tuple[int, bytes] | tuple[int] | None
+        tuple[int, bool, bool]
+        | tuple[int, bytes, bool]
+        | tuple[int, bytes]
+        | tuple[int]
+        | tuple[int, bool, bool, bytes]
+        | None
     ): ...
     def handoff(
         self, reopen: bool = False, /

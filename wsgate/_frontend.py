@@ -33,7 +33,6 @@ class FrontendProtocol(RelayedLeg, FrontDoor):  # type: ignore[misc]
     factory: FrontendFactory
 
     _backend: Any = None  # BackendProtocol or StreamLeg
-    _binary_only: bool = False  # a stream backend without base64: text is refused
     _connecting: defer.Deferred[Any] | None = None
     _request: ConnectionRequest | None = None
     _chosen: AnyBackend | None = None

@@ -113,6 +113,10 @@ class RelayedLeg(TransportLeg):
     #: then holds the message's state); None: the compiled check holds it.
     _utf8_last: tuple[bool, bool, int, int] | None = None
 
+    #: Text messages are refused (a stream backend without base64: the
+    #: client leg's ``onMessageBegin`` fails them).
+    _binary_only: bool = False
+
     #: This leg's permessage-deflate policy (its threshold counts once open).
     deflate_policy: DeflatePolicy = DeflatePolicy()
 
@@ -261,6 +265,19 @@ class RelayedLeg(TransportLeg):
         else:
             opcode, rsv = 0, 0
         self._send_frame(opcode, payload, final, rsv)
+
+    def send_message(self, binary: bool, data: bytes) -> None:
+        # send_begin and send_data(data, True), in fewer calls.
+        if self.state != _OPEN:
+            return
+        pmc = self._perMessageCompress
+        if pmc is not None:
+            pmc.begin()
+            compressed = pmc.deflate(data, True)
+            if compressed is not None:
+                self._send_frame(2 if binary else 1, compressed, True, 4)
+                return
+        self._send_frame(2 if binary else 1, data, True, 0)
 
     def _send_frame(self, opcode: int, payload: bytes, fin: bool, rsv: int) -> None:
         core = self._core
@@ -446,6 +463,9 @@ class RelayedLeg(TransportLeg):
                 self.maxMessagePayloadSize,  # type: ignore[attr-defined]
                 self.utf8validateIncoming,  # type: ignore[attr-defined]
                 self._perMessageCompress is not None,
+                # A leg that refuses text refuses it at its begin, before its
+                # payload is read (see onMessageBegin).
+                not self._binary_only,
             )
         self._compiled_reads = True
         data, self.data = self.data, b""
@@ -480,6 +500,15 @@ class RelayedLeg(TransportLeg):
                 self.onMessageBegin(event[1])
                 if event[2]:
                     self._begin_inflating(event[1])
+            elif kind == 5:
+                if event[2]:
+                    self.onMessageBegin(event[1])
+                    self._begin_inflating(event[1])
+                    if not self._inflate(event[3], True):
+                        self._hand_off(reader, reopen=True)
+                        return
+                else:
+                    relay.message(side, event[1], event[3])  # type: ignore[union-attr]
             elif kind == 2:
                 self._onPing(event[1])  # type: ignore[attr-defined]
             elif kind == 3:
