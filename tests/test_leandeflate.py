@@ -140,6 +140,23 @@ def test_random_bytes_go_raw_and_the_peer_s_window_never_sees_them() -> None:
     assert peer.receive(_send(lean, again)) == again
 
 
+def test_trying_costs_no_copy_and_a_miss_rebuilds_from_the_window() -> None:
+    """The sample is tried on the compressor itself (no ``copy()``: 160 KiB
+    with zlib-ng); one that does not pay drops it, and the next message
+    that compresses gets one rebuilt from the peer's window."""
+    lean, peer = _lean(), Peer()
+    first = _json(900, 1)
+    assert peer.receive(_send(lean, first)) == first
+    compressor = lean._compressor
+    assert peer.receive(_send(lean, _json(900, 2))) == _json(900, 2)
+    assert lean._compressor is compressor
+    assert _send(lean, os.urandom(600)) == [None]
+    assert lean._compressor is None
+    pieces = _send(lean, first)  # refers back to the window: a few bytes
+    assert pieces[0] is not None and len(pieces[0]) < 40
+    assert peer.receive(pieces) == first
+
+
 def test_a_message_follows_its_first_piece() -> None:
     lean, peer = _lean(), Peer()
     # Compressible start, random rest: compressed throughout.

@@ -8,13 +8,16 @@ once a leg is open (``adopt``), changes two things:
   a message wsgate sends is compressed only when that pays: not when its
   first piece is final and shorter than the policy's ``threshold``, nor when
   a sample of its first piece does not shrink by a tenth (compressed video,
-  images, VNC updates, encrypted data). The sample is compressed with a
-  ``copy()`` of the compressor (under context takeover the peer's window
-  must not see bytes sent raw) and that copy is kept when it pays, so a
-  message that compresses costs one copy (under a microsecond at the
-  default 12-bit window) and one that does not costs the sample instead of
-  the whole message (64 KiB of random bytes: about 1.5 ms at the default
-  level 1, 3 ms at zlib's usual 6); after a run of such messages most of the next
+  images, VNC updates, encrypted data). The sample is compressed by the
+  compressor itself; when it does not pay, the compressor (which has taken
+  in bytes the peer will get raw) is dropped and rebuilt from the peer's
+  window, as after an idle period, by the next message that compresses.
+  A message that compresses so costs no more than its compression (a
+  ``copy()`` of the compressor to try on instead cost more: zlib-ng's state
+  is 160 KiB, some 4 us per message out of the cache), and one that does
+  not costs the sample instead of the whole message (64 KiB of random
+  bytes: about 1.5 ms at zlib's level 1, 3 ms at its usual 6) and a
+  rebuild (about 5 us); after a run of such messages most of the next
   ones go out untried (``MAX_SKIP``). Later pieces follow the first
   piece's choice.
 - **What an idle connection holds.** Under context takeover the stream's
@@ -178,22 +181,21 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             return None
         self.start_compress_message()
         compressor = self._compressor
-        trial = compressor if self._out_resets else compressor.copy()
         sample = data if size <= SAMPLE else memoryview(data)[:SAMPLE]
-        out = trial.compress(sample)
-        out += trial.flush(zlib.Z_SYNC_FLUSH)
+        out = compressor.compress(sample)
+        out += compressor.flush(zlib.Z_SYNC_FLUSH)
         if not pays(len(sample), len(out)):
-            if self._out_resets:
-                self._compressor = None  # spoilt: a fresh one for the next message
+            # Spoilt (it took in what the peer gets raw): the next message
+            # that compresses rebuilds it from the peer's window.
+            self._compressor = None
             self._misses += 1
             self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
             return None
         self._misses = 0
-        self._compressor = trial
         self._remember_out(data)
         if size > SAMPLE:
-            out += trial.compress(memoryview(data)[SAMPLE:])
-        return bytes(out)
+            out += compressor.compress(memoryview(data)[SAMPLE:])
+        return out
 
     def _message_sent(self) -> None:
         if self._out_resets:
