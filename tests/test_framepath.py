@@ -242,6 +242,27 @@ def _message(draw: st.DrawFn, masked: bool, deflate: bool = False, shared: Any =
 
 
 @st.composite
+def _whole_compressed(draw: st.DrawFn, masked: bool, shared: Any) -> bytes:
+    """A compressed message of one frame: good, or bad UTF-8 (also ending
+    inside a code point), corrupt, or too big inflated."""
+    binary = draw(st.booleans())
+    kind = draw(st.integers(0, 5))
+    if binary:
+        payload = draw(st.binary(max_size=300))
+    else:
+        payload = draw(st.text(max_size=100)).encode()
+    if kind == 1 and not binary:
+        at = draw(st.integers(0, len(payload)))
+        payload = payload[:at] + draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xe2\x82"]))
+    if kind == 2:
+        payload = b"a" * draw(st.integers(_LIMIT - 50, 3 * _LIMIT))
+    compressor = shared or zlib.compressobj(wbits=-15)
+    deflated = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    deflated = deflated[:-4] if kind != 3 else deflated[:-4] + b"\xff\xfe"
+    return _encode(2 if binary else 1, deflated, True, 4, masked)
+
+
+@st.composite
 def _odd_frame(draw: st.DrawFn, masked: bool) -> bytes:
     """A frame that breaks a rule (or a close frame)."""
     kind = draw(st.integers(0, 8))
@@ -323,6 +344,24 @@ def test_both_paths_agree_with_deflate_negotiated(server: bool, data: Any, hold:
     stream, cuts = data.draw(_stream(masked=server, deflate=True))
     python = _run(server, False, hold, stream, cuts, deflate=True)
     compiled = _run(server, True, hold, stream, cuts, deflate=True)
+    assert compiled == python
+
+
+@pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), hold=st.booleans(), takeover=st.booleans())
+def test_both_paths_agree_on_whole_compressed_messages(
+    server: bool, data: Any, hold: bool, takeover: bool
+) -> None:
+    """Compressed messages of one frame, all in one read, come whole to the
+    compiled path: good ones cross in one call, and one that fails a check
+    (corrupt, too big, bad UTF-8) is heard begun first, then failed, as
+    Autobahn's parser does it."""
+    shared = zlib.compressobj(wbits=-15) if takeover else None
+    messages = data.draw(st.lists(_whole_compressed(server, shared), min_size=1, max_size=4))
+    stream = b"".join(messages)
+    python = _run(server, False, hold, stream, [], deflate=True)
+    compiled = _run(server, True, hold, stream, [], deflate=True)
     assert compiled == python
 
 

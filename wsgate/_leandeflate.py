@@ -182,7 +182,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         self.start_compress_message()
         compressor = self._compressor
         sample = data if size <= SAMPLE else memoryview(data)[:SAMPLE]
-        out = compressor.compress(sample)
+        out: bytes = compressor.compress(sample)
         out += compressor.flush(zlib.Z_SYNC_FLUSH)
         if not pays(len(sample), len(out)):
             # Spoilt (it took in what the peer gets raw): the next message

@@ -502,9 +502,8 @@ class RelayedLeg(TransportLeg):
                     self._begin_inflating(event[1])
             elif kind == 5:
                 if event[2]:
-                    self.onMessageBegin(event[1])
                     self._begin_inflating(event[1])
-                    if not self._inflate(event[3], True):
+                    if not self._inflate(event[3], True, event[1]):
                         self._hand_off(reader, reopen=True)
                         return
                 else:
@@ -535,11 +534,15 @@ class RelayedLeg(TransportLeg):
         else:
             self._inflating_text = False
 
-    def _inflate(self, payload: bytes, final: bool) -> bool:
+    def _inflate(self, payload: bytes, final: bool, whole: bool | None = None) -> bool:
         """Inflate a piece of a compressed message and relay it, step by step
         as Autobahn's ``onFrameData`` and ``onFrameEnd`` do (the same checks,
         verdicts and close reasons, and, as there, a UTF-8 failure that does
-        not drop the connection goes on); False: stop reading, as there."""
+        not drop the connection goes on); False: stop reading, as there.
+
+        ``whole``: the piece is a whole message (binary or not) whose begin
+        the relay has not heard: it then crosses in one call, or, when a
+        check fails, its begin goes first, as it would have."""
         me: Any = self
         reader = self._reader
         pmc = self._perMessageCompress
@@ -550,6 +553,7 @@ class RelayedLeg(TransportLeg):
         try:
             data = pmc.decompress_message_data(payload, max_output_len=budget)
         except PayloadExceededError:
+            self._late_begin(whole)
             if not self.failedByMe:
                 me.wasMaxMessagePayloadSizeExceeded = True
                 me._max_message_size_exceeded(
@@ -560,12 +564,14 @@ class RelayedLeg(TransportLeg):
                 )
             return False
         except PayloadCorruptError as e:
+            self._late_begin(whole)
             if not self.failedByMe:
                 me._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
             return False
         if not self.failedByMe:
             reader.total += len(data) - size
             if 0 < limit < reader.total:
+                self._late_begin(whole)
                 me.wasMaxMessagePayloadSizeExceeded = True
                 me._max_message_size_exceeded(
                     reader.total,
@@ -582,19 +588,19 @@ class RelayedLeg(TransportLeg):
                     utf8 = self._utf8
                     _resume_validator(validator, utf8.received, utf8.pending)
                 last = self._utf8_last = validator.validate(data)
-            if (
-                last is not None
-                and not last[0]
-                and me._invalid_payload(
+            if last is not None and not last[0]:
+                self._late_begin(whole)
+                whole = None
+                if me._invalid_payload(
                     "encountered invalid UTF-8 while processing text message at payload "
                     f"octet index {last[3]}"
-                )
-            ):
-                return False
+                ):
+                    return False
         if final:
             try:
                 pmc.end_decompress_message()
             except PayloadCorruptError as e:
+                self._late_begin(whole)
                 if not self.failedByMe:
                     me._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
                 return False
@@ -604,15 +610,28 @@ class RelayedLeg(TransportLeg):
                 complete, index = (
                     (utf8.complete, utf8.received) if last is None else (last[1], last[3])
                 )
-                if not complete and me._invalid_payload(
-                    "UTF-8 text message payload ended within Unicode code point at "
-                    f"payload octet index {index}"
-                ):
-                    return False
+                if not complete:
+                    self._late_begin(whole)
+                    whole = None
+                    if me._invalid_payload(
+                        "UTF-8 text message payload ended within Unicode code point at "
+                        f"payload octet index {index}"
+                    ):
+                        return False
             self._inflating = False
-        if (data or final) and self._held is None and self.relay is not None:
-            self.relay.message_data(self.side, data, final)
+        relay = self.relay
+        if whole is not None:
+            if relay is not None:
+                relay.message(self.side, whole, data)
+        elif (data or final) and self._held is None and relay is not None:
+            relay.message_data(self.side, data, final)
         return True
+
+    def _late_begin(self, whole: bool | None) -> None:
+        """The begin of a whole message, when a check of it fails (None: its
+        begin was heard)."""
+        if whole is not None:
+            self.onMessageBegin(whole)
 
     def _hand_off(self, reader: Any, reopen: bool = False) -> None:
         """Give Autobahn's parser the unread bytes and the state it would have
