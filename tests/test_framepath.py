@@ -247,10 +247,7 @@ def _whole_compressed(draw: st.DrawFn, masked: bool, shared: Any) -> bytes:
     inside a code point), corrupt, or too big inflated."""
     binary = draw(st.booleans())
     kind = draw(st.integers(0, 5))
-    if binary:
-        payload = draw(st.binary(max_size=300))
-    else:
-        payload = draw(st.text(max_size=100)).encode()
+    payload = draw(st.binary(max_size=300)) if binary else draw(st.text(max_size=100)).encode()
     if kind == 1 and not binary:
         at = draw(st.integers(0, len(payload)))
         payload = payload[:at] + draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xe2\x82"]))
