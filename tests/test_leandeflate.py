@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 import pytest
+from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress import PerMessageDeflate
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -254,6 +255,66 @@ def test_any_mix_survives_under_either_policy(
             assert peer.receive(pieces) == data
         # And the other way.
         assert _receive(lean, peer.send(data)) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    messages=st.lists(
+        st.tuples(
+            st.sampled_from(["json", "random", "empty"]),
+            st.sampled_from([0, 1, 100, 127, 128, 129, 500, 1023, 1024, 1025, 3000]),
+            st.booleans(),  # an idle gap before it
+        ),
+        max_size=12,
+    ),
+    nct=st.booleans(),
+    threshold=st.sampled_from([0, 128]),
+)
+def test_deflate_whole_is_begin_and_a_final_deflate(
+    messages: list[tuple[str, int, bool]], nct: bool, threshold: int
+) -> None:
+    """The same bytes, the same choices (raw, skipped), the same windows, as
+    ``begin()`` and ``deflate(data, True)``, message after message."""
+    clocks = Clock(), Clock()
+    whole, pieces = (_lean(threshold, nct, clock) for clock in clocks)
+    for i, (kind, size, gap) in enumerate(messages):
+        data = {"json": _json(size, i), "random": os.urandom(size), "empty": b""}[kind]
+        if gap:
+            for clock in clocks:
+                clock.advance(IDLE_SECONDS)
+                clock.advance(IDLE_SECONDS)
+        whole_out = whole.deflate_whole(data)
+        assert [whole_out] == _send(pieces, data)
+        for name in ("_out_window", "_misses", "_skip", "_sending", "_busy"):
+            assert getattr(whole, name) == getattr(pieces, name), name
+        assert (whole._compressor is None) == (pieces._compressor is None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=3000).map(lambda b: zlib.compress(b * 3)[2:-4]),
+    ),
+    cap=st.one_of(st.none(), st.integers(0, 5000)),
+    budget=st.one_of(st.none(), st.integers(0, 5000)),
+)
+def test_inflating_bounds_and_errors_are_autobahn_s(
+    data: bytes, cap: int | None, budget: int | None
+) -> None:
+    """LeanDeflate inflates with Autobahn's own limits, exceptions and
+    messages (it inlines ``decompress_message_data`` for speed)."""
+    results = []
+    for cls in (PerMessageDeflate, LeanDeflate):
+        pmc = cls(False, False, False, 15, 15, 8, cap)
+        pmc.start_decompress_message()
+        try:
+            out = pmc.decompress_message_data(data, max_output_len=budget)
+            pmc.end_decompress_message()
+            results.append(("ok", out))
+        except (PayloadCorruptError, PayloadExceededError) as e:
+            results.append((type(e).__name__, str(e)))
+    assert results[0] == results[1]
 
 
 def test_idle_states_are_dropped_and_rebuilt_from_the_windows() -> None:

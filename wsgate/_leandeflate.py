@@ -34,6 +34,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress import PerMessageDeflate
 
 from wsgate import _framepath, _heap
@@ -167,6 +168,38 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             self._message_sent()
         return out
 
+    def deflate_whole(self, data: bytes) -> bytes | None:
+        """``begin()`` and ``deflate(data, True)`` at once: a whole message's
+        compressed payload, or None. The common case (a message no longer
+        than the sample) in one call; the same bytes and decisions."""
+        size = len(data)
+        if size > SAMPLE or size < self._threshold or self._skip:
+            self._sending = _UNDECIDED
+            return self.deflate(data, True)
+        self._busy = True
+        if self._timer is None and self._clock is not None:
+            self._timer = self._clock.callLater(IDLE_SECONDS, self._idle_check)
+        compressor = self._compressor
+        if compressor is None or self._out_resets:
+            self.start_compress_message()
+            compressor = self._compressor
+        out: bytes = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if (len(out) - 4) * 10 > size * 9:  # not pays(): see _first_piece
+            self._compressor = None
+            self._misses += 1
+            self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
+            self._sending = _RAW
+            return None
+        self._misses = 0
+        self._sending = _UNDECIDED
+        if self._out_resets:
+            self._compressor = None
+        elif size:
+            self._out_window = _last(self._out_window, data, 1 << self._out_bits)
+        if out.endswith(_SYNC_TAIL):
+            out = out[:-4]
+        return out or b"\x00"
+
     def _first_piece(self, data: bytes, final: bool) -> bytes | None:
         size = len(data)
         if size < self._threshold:
@@ -238,15 +271,40 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         self._decompress_message_size = 0
 
     def decompress_message_data(self, data: bytes, max_output_len: int | None = None) -> bytes:
+        # Autobahn's, inlined (the same bounds, errors and messages; a test
+        # holds them to it), and the window kept.
         self._busy = True
-        out: bytes = super().decompress_message_data(data, max_output_len)
-        if not self._in_resets and out:
+        limit = max_output_len
+        cap = self.max_message_size
+        if cap is not None:
+            room = cap - self._decompress_message_size
+            if limit is None or room < limit:
+                limit = room
+        decompressor = self._decompressor
+        try:
+            if limit is None:
+                out: bytes = decompressor.decompress(data)
+            else:
+                out = decompressor.decompress(data, limit if limit > 0 else 1)
+        except zlib.error as e:
+            raise PayloadCorruptError(f"invalid permessage-deflate data: {e}") from e
+        if limit is not None:
+            self._decompress_message_size += len(out)
+            if decompressor.unconsumed_tail or len(out) > limit:
+                raise PayloadExceededError(
+                    "WebSocket message exceeds decompression limit "
+                    f"(max_message_size={cap}, max_output_len={max_output_len})"
+                )
+        if out and not self._in_resets:
             self._in_window = _last(self._in_window, out, 1 << self._in_bits)
         return out
 
     def end_decompress_message(self) -> None:
         self._receiving = False
-        super().end_decompress_message()
+        try:
+            self._decompressor.decompress(_SYNC_TAIL)  # the tail the sender dropped
+        except zlib.error as e:
+            raise PayloadCorruptError(f"invalid permessage-deflate data: {e}") from e
         if self._in_resets:
             self._decompressor = None
 

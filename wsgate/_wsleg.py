@@ -272,8 +272,7 @@ class RelayedLeg(TransportLeg):
             return
         pmc = self._perMessageCompress
         if pmc is not None:
-            pmc.begin()
-            compressed = pmc.deflate(data, True)
+            compressed = pmc.deflate_whole(data)
             if compressed is not None:
                 self._send_frame(2 if binary else 1, compressed, True, 4)
                 return
