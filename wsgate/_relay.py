@@ -20,6 +20,8 @@ from zope.interface import implementer
 from wsgate import _closecodes
 from wsgate._closecodes import Cause, Close, Side
 
+_CLIENT = Side.CLIENT
+
 
 class Clock(Protocol):
     """The part of IReactorTime the relay uses (a reactor, or a test's Clock)."""
@@ -173,6 +175,7 @@ class Relay:
         on_finished: Callable[[Relay], None] | None = None,
     ) -> None:
         self._legs = {Side.CLIENT: client, Side.BACKEND: backend}
+        self._client, self._backend = client, backend
         self._clock = clock
         self._on_finished = on_finished
         self._started = False
@@ -189,11 +192,12 @@ class Relay:
     def leg(self, side: Side) -> Leg:
         return self._legs[side]
 
+    # Per message: no dict lookup by Side (an Enum's hash is a Python call).
     def _other(self, side: Side) -> Leg:
-        return self._legs[Side.BACKEND if side is Side.CLIENT else Side.CLIENT]
+        return self._backend if side is _CLIENT else self._client
 
     def _direction(self, side: Side) -> _Direction:
-        return self.stats.upstream if side is Side.CLIENT else self.stats.downstream
+        return self.stats.upstream if side is _CLIENT else self.stats.downstream
 
     # -- life cycle ---------------------------------------------------------
 
@@ -241,13 +245,14 @@ class Relay:
             return
         first_close = self._first_close
         if first_close is None or first_close[0] is not side:
-            direction = self.stats.upstream if side is Side.CLIENT else self.stats.downstream
+            if side is _CLIENT:
+                direction, other = self.stats.upstream, self._backend
+            else:
+                direction, other = self.stats.downstream, self._client
             direction.messages += 1
             direction.bytes += len(data)
             direction.heard_at = self._clock.seconds()
-            self._legs[Side.BACKEND if side is Side.CLIENT else Side.CLIENT].send_message(
-                binary, data
-            )
+            other.send_message(binary, data)
 
     def message_data(self, side: Side, data: bytes, final: bool) -> None:
         if not self._deliver(side, self.message_data, data, final):
