@@ -739,6 +739,8 @@ SCENARIOS = [
              _vnc(True)),
     Scenario("rtt1k_deflate_1", _RTT1K + ", 1 connection", "deflate", False,
              _rtt(1, 1024, "compressible", True)),
+    Scenario("rtt1k_deflate_10", _RTT1K + ", 10 connections", "deflate", False,
+             _rtt(10, 1024, "compressible", True)),
     Scenario("rtt1k_deflate_50", _RTT1K + ", 50 connections", "deflate", False,
              _rtt(50, 1024, "compressible", True)),
     Scenario("idle_plain", "idle connections, no deflate", "plain", True, _idle(False),
@@ -1017,6 +1019,19 @@ TABLES: dict[str, tuple[list[str], list[str]]] = {
         ],
         ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
     ),
+    "rtt1k_deflate_10": (
+        [
+            "msg_per_s",
+            "p50_us",
+            "p99_us",
+            "proxy_cpu_us_per_msg",
+            "backend_cpu_us_per_msg",
+            "system_cpu_us_per_msg",
+            "proxy_cpu_pct",
+            "proxy_sys_share_pct",
+        ],
+        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
+    ),
     "rtt1k_deflate_50": (
         [
             "msg_per_s",
@@ -1115,6 +1130,8 @@ def build_ratios(data: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any
 GOALS = [
     ("rtt64_50", "proxy_cpu_us_per_msg", "ref", 2.0,
      "64 B round trips, 50 conns: proxy CPU us/msg <= 2x nginx"),
+    ("rtt1k_deflate_10", "proxy_cpu_us_per_msg", "ref", 2.0,
+     "1 KiB deflate round trips, 10 conns: proxy CPU us/msg <= 2x nginx"),
     ("rtt1k_deflate_50", "proxy_cpu_us_per_msg", "ref", 2.0,
      "1 KiB deflate round trips, 50 conns: proxy CPU us/msg <= 2x nginx"),
     ("stream1m", "mb_per_s", "ref_min", 1.0, "1 MiB messages: MB/s >= nginx"),
@@ -1334,6 +1351,7 @@ def render_charts(data: dict[str, Any], out: Path) -> list[Path]:
                 ("rtt64_1", "msg_per_s", "64 B, 1 conn: msg/s"),
                 ("rtt64_50", "msg_per_s", "64 B, 50 conns: msg/s"),
                 ("rtt1k_deflate_1", "msg_per_s", "1 KiB deflate, 1 conn: msg/s"),
+                ("rtt1k_deflate_10", "msg_per_s", "1 KiB deflate, 10 conns: msg/s"),
                 ("rtt1k_deflate_50", "msg_per_s", "1 KiB deflate, 50 conns: msg/s"),
                 ("stream1m", "mb_per_s", "1 MiB messages: MB/s"),
                 ("handshake", "per_s", "handshakes/s"),
@@ -1345,6 +1363,7 @@ def render_charts(data: dict[str, Any], out: Path) -> list[Path]:
                 ("rtt64_1", "proxy_cpu_us_per_msg", "64 B, 1 conn: µs/msg"),
                 ("rtt64_50", "proxy_cpu_us_per_msg", "64 B, 50 conns: µs/msg"),
                 ("rtt1k_deflate_1", "proxy_cpu_us_per_msg", "1 KiB deflate, 1 conn: µs/msg"),
+                ("rtt1k_deflate_10", "proxy_cpu_us_per_msg", "1 KiB deflate, 10 conns: µs/msg"),
                 ("rtt1k_deflate_50", "proxy_cpu_us_per_msg", "1 KiB deflate, 50 conns: µs/msg"),
                 ("stream1m", "proxy_cpu_us_per_mb", "1 MiB messages: µs/MB"),
                 ("handshake", "proxy_cpu_us_per_conn", "µs per connection"),
