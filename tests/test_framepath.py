@@ -35,11 +35,9 @@ from hypothesis import strategies as st
 from memlegs import autobahn_timers
 from rawws import upgrade_request
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from zlib_ng import zlib_ng
 
 from wsgate import _framepath
 from wsgate._closecodes import Side
-from wsgate._leandeflate import LeanDeflate
 from wsgate._wsleg import RelayedLeg
 from wsgate.testing import Wsgate
 
@@ -456,49 +454,25 @@ def test_choose_names_the_reason() -> None:
     assert _framepath.choose({"WSGATE_NO_EXTENSIONS": "0"})[0] is framecore
 
 
-def test_choose_deflater_names_the_reason() -> None:
-    assert _framepath.choose_deflater({"WSGATE_NO_EXTENSIONS": "1"}) == (
-        zlib,
-        "WSGATE_NO_EXTENSIONS=1",
-    )
-    assert _framepath.choose_deflater({}) == (zlib_ng, f"zlib-ng {zlib_ng.ZLIBNG_VERSION}")
-    expected = zlib if os.environ.get("WSGATE_NO_EXTENSIONS") else zlib_ng
-    assert _framepath.DEFLATER is expected
-    assert LeanDeflate._deflater is expected
-
-
 @pytest.mark.parametrize(
-    ("env", "expected", "deflate"),
+    ("env", "expected"),
     [
-        (
-            {"WSGATE_NO_EXTENSIONS": ""},
-            "frame path: compiled (wsgate._framecore)",
-            f"deflate: zlib-ng {zlib_ng.ZLIBNG_VERSION}",
-        ),
-        (
-            {"WSGATE_NO_EXTENSIONS": "1"},
-            "frame path: python (WSGATE_NO_EXTENSIONS=1)",
-            "deflate: zlib (WSGATE_NO_EXTENSIONS=1)",
-        ),
-        (
-            {"HIDE": "1"},
-            "frame path: python (wsgate._framecore not built: ",
-            "deflate: zlib (zlib-ng not installed: ",
-        ),
+        ({"WSGATE_NO_EXTENSIONS": ""}, "frame path: compiled (wsgate._framecore)"),
+        ({"WSGATE_NO_EXTENSIONS": "1"}, "frame path: python (WSGATE_NO_EXTENSIONS=1)"),
+        ({"HIDE": "1"}, "frame path: python (wsgate._framecore not built: "),
     ],
     ids=["compiled", "forced-python", "not-built"],
 )
 def test_twistd_wsgate_names_its_frame_path(
-    tmp_path: Path, env: dict[str, str], expected: str, deflate: str
+    tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
     """One startup line per serving process (each worker of a ``--workers``
-    tree) for the frame path and one for the compressing library; "not
-    built" is an install without the extension and without zlib-ng, made
-    here by a sitecustomize that blocks their imports."""
+    tree); "not built" is an install without the extension, made here by a
+    sitecustomize that blocks its import."""
     environ = {k: v for k, v in os.environ.items() if k != "WSGATE_NO_EXTENSIONS"}
     if env.pop("HIDE", None):
         (tmp_path / "sitecustomize.py").write_text(
-            'import sys\nsys.modules["wsgate._framecore"] = None\nsys.modules["zlib_ng"] = None\n'
+            'import sys\nsys.modules["wsgate._framecore"] = None\n'
         )
         environ["PYTHONPATH"] = str(tmp_path)
     environ.update(env)
@@ -506,7 +480,6 @@ def test_twistd_wsgate_names_its_frame_path(
         "--backend", "ws://127.0.0.1:9", log_path=tmp_path / "wsgate.log", env=environ
     ) as gate:
         pass
-    for what, text in (("frame path:", expected), ("deflate:", deflate)):
-        lines = [line for line in gate.log().splitlines() if what in line]
-        assert len(lines) == gate.workers(), gate.log()
-        assert all(text in line for line in lines), gate.log()
+    lines = [line for line in gate.log().splitlines() if "frame path:" in line]
+    assert len(lines) == gate.workers(), gate.log()
+    assert all(expected in line for line in lines), gate.log()

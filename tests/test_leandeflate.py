@@ -1,7 +1,6 @@
 """permessage-deflate that compresses only what pays and idles cheaply: the
 decisions and the idle rebuild, against plain zlib standing in for the peer,
-on a ``Clock``. Every test runs with each compressing library wsgate may
-use: zlib-ng (the default where installed) and the standard library's zlib."""
+on a ``Clock``."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import itertools
 import os
 import random
 import zlib
-from typing import Any
 
 import pytest
 from autobahn.exception import PayloadCorruptError, PayloadExceededError
@@ -17,18 +15,10 @@ from autobahn.websocket.compress import PerMessageDeflate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from zlib_ng import zlib_ng
 
 from wsgate._leandeflate import IDLE_SECONDS, SAMPLE, LeanDeflate, pays
 
 TAIL = b"\x00\x00\xff\xff"
-
-
-@pytest.fixture(autouse=True, params=[zlib, zlib_ng], ids=["zlib", "zlib-ng"])
-def deflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The library every LeanDeflate of the test compresses with."""
-    monkeypatch.setattr(LeanDeflate, "_deflater", request.param)
-    return request.param
 
 
 def _json(n: int, seed: int = 0) -> bytes:
@@ -87,10 +77,10 @@ def _receive(lean: LeanDeflate, compressed: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("level", [1, 6, 9])
-def test_messages_are_compressed_at_the_policy_s_level(level: int, deflater: Any) -> None:
+def test_messages_are_compressed_at_the_policy_s_level(level: int) -> None:
     # Each level's bytes differ on this data; the peer inflates them all.
     data = _json(900)
-    reference = deflater.compressobj(level, zlib.DEFLATED, -12, 5)
+    reference = zlib.compressobj(level, zlib.DEFLATED, -12, 5)
     expected = reference.compress(data) + reference.flush(zlib.Z_SYNC_FLUSH)
     lean, peer = _lean(level=level), Peer()
     pieces = _send(lean, data)
@@ -98,13 +88,13 @@ def test_messages_are_compressed_at_the_policy_s_level(level: int, deflater: Any
     assert peer.receive(pieces) == data
 
 
-def test_levels_differ_on_this_data(deflater: Any) -> None:
+def test_levels_differ_on_this_data() -> None:
     # What makes the test above able to fail: level 1 (fast matching) and
     # zlib's default 6 give different bytes here.
     data = _json(900)
     out = set()
     for level in (1, 6):
-        c = deflater.compressobj(level, zlib.DEFLATED, -12, 5)
+        c = zlib.compressobj(level, zlib.DEFLATED, -12, 5)
         out.add(c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))
     assert len(out) == 2
 

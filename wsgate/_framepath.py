@@ -1,5 +1,4 @@
-"""Which frame path and which deflate library this process runs, decided
-once at import.
+"""Which frame path this process runs, decided once at import.
 
 The compiled one (``wsgate._framecore``, built by ``pip install`` where a C
 compiler exists) parses, unmasks and validates the frames of an open leg and
@@ -7,19 +6,11 @@ builds the outgoing ones; without it, or with ``WSGATE_NO_EXTENSIONS=1``,
 Autobahn's own Python parser and ``sendFrame`` do it all, as they always did.
 Both give the same verdicts: the compiled reader hands anything but the plain
 case to Autobahn's parser (tests/test_framepath.py checks it).
-
-What wsgate compresses goes through zlib-ng's ``compressobj`` where the
-``zlib-ng`` package is installed (about three times faster than zlib on
-small messages at level 1; see ``_deflate``); without it, or with
-``WSGATE_NO_EXTENSIONS=1``, through the standard library's zlib. Inflating
-always uses the standard library's (zlib-ng's is faster by a tenth and
-holds four times the memory). Peers inflate either the same way.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Mapping
 from types import ModuleType
 
@@ -43,21 +34,6 @@ def choose(environ: Mapping[str, str]) -> tuple[ModuleType | None, str]:
 CORE, REASON = choose(os.environ)
 
 
-def choose_deflater(environ: Mapping[str, str]) -> tuple[ModuleType, str]:
-    """The zlib-compatible module whose ``compressobj`` compresses, and why."""
-    if environ.get("WSGATE_NO_EXTENSIONS", "") not in ("", "0"):
-        return zlib, "WSGATE_NO_EXTENSIONS={}".format(environ["WSGATE_NO_EXTENSIONS"])
-    try:
-        from zlib_ng import zlib_ng
-    except ImportError as e:
-        return zlib, f"zlib-ng not installed: {e}"
-    return zlib_ng, f"zlib-ng {zlib_ng.ZLIBNG_VERSION}"
-
-
-#: The module every leg compresses with: ``zlib_ng.zlib_ng`` or ``zlib``.
-DEFLATER, DEFLATER_REASON = choose_deflater(os.environ)
-
-
 def log_choice() -> None:
     """The startup line naming the path; a warning when the compiled one is
     missing without being turned off."""
@@ -71,18 +47,6 @@ def log_choice() -> None:
             "Python headers exist for about half the CPU per message",
             reason=REASON,
         )
-    if DEFLATER is zlib:
-        _log.info("deflate: zlib ({reason})", reason=DEFLATER_REASON)
-    else:
-        _log.info("deflate: {reason}", reason=DEFLATER_REASON)
 
 
-__all__ = [
-    "CORE",
-    "DEFLATER",
-    "DEFLATER_REASON",
-    "REASON",
-    "choose",
-    "choose_deflater",
-    "log_choice",
-]
+__all__ = ["CORE", "REASON", "choose", "log_choice"]

@@ -37,7 +37,7 @@ from typing import Any
 from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress import PerMessageDeflate
 
-from wsgate import _framepath, _heap
+from wsgate import _heap
 from wsgate._deflate import DEFAULT_LEVEL, DeflatePolicy  # re-exported (import limit)
 from wsgate._relay import Clock
 
@@ -75,8 +75,6 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     _decompressor: Any
     _threshold: int = 0
     _level: int = DEFAULT_LEVEL
-    #: Whose ``compressobj`` compresses: zlib-ng's, or zlib's (see _framepath).
-    _deflater: Any = _framepath.DEFLATER
     _clock: Clock | None = None
     _timer: Any = None
     _sending: int = _UNDECIDED
@@ -93,16 +91,10 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     @classmethod
     def adopt(
-        cls,
-        pmc: Any,
-        threshold: int,
-        clock: Clock,
-        level: int = DEFAULT_LEVEL,
-        deflater: Any = None,
+        cls, pmc: Any, threshold: int, clock: Clock, level: int = DEFAULT_LEVEL
     ) -> LeanDeflate:
         """A LeanDeflate with the parameters Autobahn negotiated into ``pmc``,
-        compressing at ``level`` with ``deflater``'s ``compressobj`` (a
-        zlib-compatible module; None: the process's choice)."""
+        compressing at zlib's ``level``."""
         lean = cls(
             pmc._is_server,
             pmc.server_no_context_takeover,
@@ -114,8 +106,6 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         )
         lean._threshold = threshold
         lean._level = level
-        if deflater is not None:
-            lean._deflater = deflater
         lean._compressor = pmc._compressor
         lean._decompressor = pmc._decompressor
         if not lean.holds_zlib:
@@ -240,7 +230,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         self._touch()
         if self._compressor is None or self._out_resets:
             window = self._out_window
-            self._compressor = self._deflater.compressobj(
+            self._compressor = zlib.compressobj(
                 self._level,
                 zlib.DEFLATED,
                 -self._out_bits,
