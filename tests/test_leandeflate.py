@@ -132,8 +132,8 @@ def test_random_bytes_go_raw_and_the_peer_s_window_never_sees_them() -> None:
 
 
 def test_trying_costs_no_copy_and_a_miss_rebuilds_from_the_window() -> None:
-    """The sample is tried on the compressor itself (no ``copy()``: 160 KiB
-    with zlib-ng); one that does not pay drops it, and the next message
+    """The sample is tried on the compressor itself (no ``copy()`` of its
+    state); one that does not pay drops it, and the next message
     that compresses gets one rebuilt from the peer's window."""
     lean, peer = _lean(), Peer()
     first = _json(900, 1)
