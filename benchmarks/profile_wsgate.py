@@ -58,6 +58,11 @@ CLIENTS = {
         "/echo",
     ),
     "rtt64_1": ("plain", ["rtt", "--conns", "1", "--size", "64", "--payload", "text"], "/echo"),
+    "rtt1k_deflate_10": (
+        "deflate",
+        ["rtt", "--conns", "10", "--size", "1024", "--payload", "compressible", "--deflate"],
+        "/echo",
+    ),
     "rtt1k_deflate_50": (
         "deflate",
         ["rtt", "--conns", "50", "--size", "1024", "--payload", "compressible", "--deflate"],
