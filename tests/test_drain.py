@@ -10,12 +10,13 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from peers import TIMEOUT, backend, client
 from rawws import raw_handshake
 from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
 
-from wsgate._drain import Connections
+from wsgate._drain import Connections, DrainingService
 from wsgate.testing import GateFactory, Wsgate, free_port
 
 
@@ -84,6 +85,24 @@ def test_drop_all_ends_a_drain_at_once() -> None:
     asyncio_free(connections.drain(clock), result)
     assert connections.drop_all() == 1
     assert a.dropped and result == [(1, 0)]
+
+
+@pytest.mark.parametrize("second_signal", [True, False])
+def test_only_a_process_that_owns_its_signals_takes_one_during_the_drain(
+    second_signal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process installs its second-signal handler for the drain (and puts
+    the old one back); a worker, whose own handler already tells the
+    supervisor's request from a signal, installs nothing: a handler of the
+    drain's would take the first SIGTERM after the request for a second."""
+    installed: list[int] = []
+    monkeypatch.setattr(signal, "signal", lambda number, handler: installed.append(number))
+    process = DrainingService(Connections(), Clock())
+    process.second_signal = second_signal
+    process.startService()
+    process.stopService()
+    expected = [signal.SIGTERM, signal.SIGINT] * 2 if second_signal else []
+    assert installed == expected
 
 
 def test_nothing_open_drains_at_once() -> None:

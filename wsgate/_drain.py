@@ -156,6 +156,13 @@ class DrainingService(service.MultiService):
     """The process's services; stopping it (twistd does on SIGTERM, and on
     SIGINT under ``-n``) drains the connections before the reactor stops."""
 
+    #: Whether a SIGTERM or SIGINT during the drain drops every connection.
+    #: A worker of a ``--workers`` tree turns it off: its own handler decides
+    #: (the supervisor's request and systemd's signal are one drain), and a
+    #: handler of ours between the drain's start and its own would take
+    #: that signal for a second one.
+    second_signal = True
+
     def __init__(self, connections: Connections, reactor: Any) -> None:
         super().__init__()
         self.connections = connections
@@ -166,10 +173,11 @@ class DrainingService(service.MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        self._previous = {
-            number: signal.signal(number, self._on_second_signal)
-            for number in (signal.SIGTERM, signal.SIGINT)
-        }
+        if self.second_signal:
+            self._previous = {
+                number: signal.signal(number, self._on_second_signal)
+                for number in (signal.SIGTERM, signal.SIGINT)
+            }
         self.connections.draining = True
         stopped = super().stopService()  # the listeners close now
         open_now = len(self.connections)

@@ -217,6 +217,7 @@ def main() -> int:
         process: Any = _process.build(
             options["config"], reactor, endpoint=worker.endpoint, serve_metrics=False
         )
+        process.second_signal = False  # our on_signal decides (see its docstring)
         process.privilegedStartService()
         process.startService()
     except SystemExit as e:
@@ -232,12 +233,7 @@ def main() -> int:
     worker.channel = _control.Channel(worker.handle, worker.lost)
     _control.adopt(reactor, control, worker.channel)
 
-    def stopping() -> Any:
-        draining = process.stopService()
-        worker.own_signals()  # back from the drain's own second-signal handler
-        return draining
-
-    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    reactor.addSystemEventTrigger("before", "shutdown", process.stopService)
     reactor.callWhenRunning(worker.own_signals)
     reactor.run()
     return 0

@@ -193,7 +193,11 @@ class Wsgate:
         self.proc.send_signal(signal.SIGHUP)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        """The log's complete lines: a line being written can be read half
+        written (a write that crosses a page boundary shows its first page
+        first), and a test would match its start."""
+        text = self.log_path.read_text(errors="replace") if self.log_path else ""
+        return text[: text.rfind("\n") + 1]
 
     def __enter__(self) -> Wsgate:
         return self.start()
