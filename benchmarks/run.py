@@ -982,6 +982,22 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
     "peak_rss_growth_kib": ("peak RSS growth KiB", "low", ",.0f"),
 }
 
+#: The 1 KiB deflate scenarios' columns (and charted ones): the backend's CPU
+#: too, as the proxy's and backend's together.
+_RTT1K_COLUMNS = (
+    [
+        "msg_per_s",
+        "p50_us",
+        "p99_us",
+        "proxy_cpu_us_per_msg",
+        "backend_cpu_us_per_msg",
+        "system_cpu_us_per_msg",
+        "proxy_cpu_pct",
+        "proxy_sys_share_pct",
+    ],
+    ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
+)
+
 #: scenario -> metrics shown, and which of them get ratio columns.
 TABLES: dict[str, tuple[list[str], list[str]]] = {
     "rtt64_1": (
@@ -1006,45 +1022,9 @@ TABLES: dict[str, tuple[list[str], list[str]]] = {
         ],
         ["msg_per_s", "proxy_cpu_us_per_msg"],
     ),
-    "rtt1k_deflate_1": (
-        [
-            "msg_per_s",
-            "p50_us",
-            "p99_us",
-            "proxy_cpu_us_per_msg",
-            "backend_cpu_us_per_msg",
-            "system_cpu_us_per_msg",
-            "proxy_cpu_pct",
-            "proxy_sys_share_pct",
-        ],
-        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
-    ),
-    "rtt1k_deflate_10": (
-        [
-            "msg_per_s",
-            "p50_us",
-            "p99_us",
-            "proxy_cpu_us_per_msg",
-            "backend_cpu_us_per_msg",
-            "system_cpu_us_per_msg",
-            "proxy_cpu_pct",
-            "proxy_sys_share_pct",
-        ],
-        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
-    ),
-    "rtt1k_deflate_50": (
-        [
-            "msg_per_s",
-            "p50_us",
-            "p99_us",
-            "proxy_cpu_us_per_msg",
-            "backend_cpu_us_per_msg",
-            "system_cpu_us_per_msg",
-            "proxy_cpu_pct",
-            "proxy_sys_share_pct",
-        ],
-        ["msg_per_s", "proxy_cpu_us_per_msg", "system_cpu_us_per_msg"],
-    ),
+    "rtt1k_deflate_1": _RTT1K_COLUMNS,
+    "rtt1k_deflate_10": _RTT1K_COLUMNS,
+    "rtt1k_deflate_50": _RTT1K_COLUMNS,
     "stream1m": (
         ["mb_per_s", "proxy_cpu_pct", "proxy_cpu_us_per_mb", "proxy_sys_share_pct"],
         ["mb_per_s"],

@@ -244,19 +244,15 @@ ev1(int kind)
  * piece's event would have left it; None, and nothing read, when its text
  * is not valid UTF-8 (the piece-by-piece events then hand it to Autobahn). */
 static PyObject *
-read_whole(Reader *r, const uint8_t *base)
+read_whole(Reader *r)
 {
     Py_ssize_t n = (Py_ssize_t)r->length;
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *payload = take_payload(r, n);
     if (!payload)
         return NULL;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(payload);
-    if (r->has_mask)
-        xor_mask(out, base + r->pos, n, r->mask, 0);
-    else
-        memcpy(out, base + r->pos, n);
     if (!r->binary && r->validate && !r->compressed) {
         utf8_state s = r->utf8;
+        const uint8_t *out = (const uint8_t *)PyBytes_AS_STRING(payload);
         if (!utf8_feed(&s, out, n) || s.need != 0) {
             Py_DECREF(payload);
             Py_RETURN_NONE;
@@ -417,7 +413,7 @@ Reader_next(Reader *r, PyObject *Py_UNUSED(ignored))
             r->received = 0;
             memset(&r->utf8, 0, sizeof r->utf8);
             if (fin && (uint64_t)(avail - hlen) >= length && (r->binary || r->whole_text)) {
-                PyObject *whole = read_whole(r, base);
+                PyObject *whole = read_whole(r);
                 if (whole != Py_None)
                     return whole; /* the message, or NULL (an error) */
                 Py_DECREF(whole);
@@ -700,20 +696,11 @@ PyInit__framecore(void)
 {
     if (getrandom(&rng_state, sizeof rng_state, 0) != sizeof rng_state || rng_state == 0)
         rng_state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)&rng_state;
-    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&Utf8Type) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    Py_INCREF(&ReaderType);
-    if (PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
-        Py_DECREF(&ReaderType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&Utf8Type);
-    if (PyModule_AddObject(m, "Utf8", (PyObject *)&Utf8Type) < 0) {
-        Py_DECREF(&Utf8Type);
+    /* PyModule_AddType readies each type and adds it under its short name. */
+    if (PyModule_AddType(m, &ReaderType) < 0 || PyModule_AddType(m, &Utf8Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }
