@@ -166,26 +166,17 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         if size > SAMPLE or size < self._threshold or self._skip:
             self._sending = _UNDECIDED
             return self.deflate(data, True)
-        self._busy = True
-        if self._timer is None and self._clock is not None:
-            self._timer = self._clock.callLater(IDLE_SECONDS, self._idle_check)
+        self.start_compress_message()
         compressor = self._compressor
-        if compressor is None or self._out_resets:
-            self.start_compress_message()
-            compressor = self._compressor
         out: bytes = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if (len(out) - 4) * 10 > size * 9:  # not pays(): see _first_piece
-            self._compressor = None
-            self._misses += 1
-            self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
+        if not pays(size, len(out)):
+            self._missed()
             self._sending = _RAW
             return None
         self._misses = 0
         self._sending = _UNDECIDED
-        if self._out_resets:
-            self._compressor = None
-        elif size:
-            self._out_window = _last(self._out_window, data, 1 << self._out_bits)
+        self._remember_out(data)
+        self._message_sent()
         if out.endswith(_SYNC_TAIL):
             out = out[:-4]
         return out or b"\x00"
@@ -208,17 +199,21 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         out: bytes = compressor.compress(sample)
         out += compressor.flush(zlib.Z_SYNC_FLUSH)
         if not pays(len(sample), len(out)):
-            # Spoilt (it took in what the peer gets raw): the next message
-            # that compresses rebuilds it from the peer's window.
-            self._compressor = None
-            self._misses += 1
-            self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
+            self._missed()
             return None
         self._misses = 0
         self._remember_out(data)
         if size > SAMPLE:
             out += compressor.compress(memoryview(data)[SAMPLE:])
         return out
+
+    def _missed(self) -> None:
+        """A trial did not pay. The compressor is spoilt (it took in what the
+        peer gets raw): the next message that compresses rebuilds it from the
+        peer's window; and the next few go out untried."""
+        self._compressor = None
+        self._misses += 1
+        self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
 
     def _message_sent(self) -> None:
         if self._out_resets:

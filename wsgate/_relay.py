@@ -174,7 +174,6 @@ class Relay:
         clock: Clock,
         on_finished: Callable[[Relay], None] | None = None,
     ) -> None:
-        self._legs = {Side.CLIENT: client, Side.BACKEND: backend}
         self._client, self._backend = client, backend
         self._clock = clock
         self._on_finished = on_finished
@@ -189,10 +188,10 @@ class Relay:
         self._idle_timeout = 0.0
         self._idle_call: Any = None
 
+    # By identity, not a dict keyed by Side (an Enum's hash is a Python call).
     def leg(self, side: Side) -> Leg:
-        return self._legs[side]
+        return self._client if side is _CLIENT else self._backend
 
-    # Per message: no dict lookup by Side (an Enum's hash is a Python call).
     def _other(self, side: Side) -> Leg:
         return self._backend if side is _CLIENT else self._client
 
@@ -206,7 +205,7 @@ class Relay:
         if self._started:
             return
         self._started = True
-        client, backend = self._legs[Side.CLIENT], self._legs[Side.BACKEND]
+        client, backend = self._client, self._backend
         client.register_producer_of(backend)
         backend.register_producer_of(client)
         pending, self._pending = self._pending, []
@@ -300,7 +299,7 @@ class Relay:
 
     def _close_both(self, cause: Cause, reason: str) -> None:
         self._first_close = (Side.CLIENT, _Ending(cause, None, reason))
-        for leg in self._legs.values():
+        for leg in (self._client, self._backend):
             leg.unregister_producer()
             leg.resume_reading()
             leg.send_close(Close(_closecodes.GOING_AWAY, reason))
@@ -317,7 +316,7 @@ class Relay:
         other = self._other(side)
         # Its reading may be paused by backpressure from the leg that ended:
         # it must read again to see its peer's answer to our close.
-        self._legs[side].unregister_producer()
+        self.leg(side).unregister_producer()
         other.unregister_producer()
         other.resume_reading()
         other.send_close(_closecodes.for_other_leg(side, cause, code, reason))
@@ -346,7 +345,7 @@ class Relay:
         self._closed[side] = (code, reason)
         first = self._first_close
         if first is not None and first[0] is not side and first[0] not in self._closed:
-            self._legs[first[0]].finish_ending()
+            self.leg(first[0]).finish_ending()
         if len(self._closed) == 2:
             if self._idle_call is not None and self._idle_call.active():
                 self._idle_call.cancel()
