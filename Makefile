@@ -9,7 +9,7 @@ NPM_DIR := tests/node
 
 # A regular install (twistd finds the plugin the way users' installs do),
 # redone whenever the package's sources change.
-SOURCES := $(shell find wsgate twisted -name '*.py' -o -name '*.c')
+SOURCES := $(shell find wsgate twisted -name '*.py' -o -name '*.c' -o -name '*.h')
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -8,7 +8,9 @@ setup(
     ext_modules=[
         Extension(
             "wsgate._framecore",
-            sources=["wsgate/_framecore.c"],
+            sources=["wsgate/_framecore.c", "wsgate/_framezlib.c"],
+            depends=["wsgate/_frameutf8.h"],
+            libraries=["z"],
             optional=True,
             extra_compile_args=["-O2"],
         )

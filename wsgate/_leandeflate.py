@@ -91,10 +91,16 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
 
     @classmethod
     def adopt(
-        cls, pmc: Any, threshold: int, clock: Clock, level: int = DEFAULT_LEVEL
+        cls,
+        pmc: Any,
+        threshold: int,
+        clock: Clock,
+        level: int = DEFAULT_LEVEL,
+        core: Any = None,
     ) -> LeanDeflate:
         """A LeanDeflate with the parameters Autobahn negotiated into ``pmc``,
-        compressing at zlib's ``level``."""
+        compressing at zlib's ``level`` (``core``: the compiled module, for
+        a subclass that uses it)."""
         lean = cls(
             pmc._is_server,
             pmc.server_no_context_takeover,
@@ -106,12 +112,16 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         )
         lean._threshold = threshold
         lean._level = level
-        lean._compressor = pmc._compressor
-        lean._decompressor = pmc._decompressor
+        lean._take_zlib(pmc, core)
         if not lean.holds_zlib:
             # Windows unknown for states already used: then never drop them.
             lean._clock = clock
         return lean
+
+    def _take_zlib(self, pmc: Any, core: Any) -> None:
+        """Take over the zlib states Autobahn made (None until a message)."""
+        self._compressor = pmc._compressor
+        self._decompressor = pmc._decompressor
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -193,27 +203,37 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         if self._skip:
             self._skip -= 1  # the last ones did not shrink: nor will this one
             return None
-        self.start_compress_message()
-        compressor = self._compressor
-        sample = data if size <= SAMPLE else memoryview(data)[:SAMPLE]
-        out: bytes = compressor.compress(sample)
-        out += compressor.flush(zlib.Z_SYNC_FLUSH)
-        if not pays(len(sample), len(out)):
+        out = self._trial(data if size <= SAMPLE else memoryview(data)[:SAMPLE])
+        if out is None:
             self._missed()
             return None
         self._misses = 0
-        self._remember_out(data)
         if size > SAMPLE:
-            out += compressor.compress(memoryview(data)[SAMPLE:])
+            out += self.compress_message_data(memoryview(data)[SAMPLE:])
+        return out
+
+    def _trial(self, sample: bytes | memoryview) -> bytes | None:
+        """A message's first piece (or its first SAMPLE bytes) compressed and
+        sync-flushed, tail kept; None when that does not pay."""
+        self.start_compress_message()
+        compressor = self._compressor
+        out: bytes = compressor.compress(sample)
+        out += compressor.flush(zlib.Z_SYNC_FLUSH)
+        if not pays(len(sample), len(out)):
+            return None
+        self._remember_out(sample)
         return out
 
     def _missed(self) -> None:
         """A trial did not pay. The compressor is spoilt (it took in what the
         peer gets raw): the next message that compresses rebuilds it from the
         peer's window; and the next few go out untried."""
-        self._compressor = None
+        self._spoil()
         self._misses += 1
         self._skip = min((1 << self._misses) // 2 - 1, MAX_SKIP)
+
+    def _spoil(self) -> None:
+        self._compressor = None
 
     def _message_sent(self) -> None:
         if self._out_resets:
@@ -234,7 +254,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
                 *((window,) if window else ()),
             )
 
-    def compress_message_data(self, data: bytes) -> bytes:
+    def compress_message_data(self, data: bytes | memoryview) -> bytes:
         self._remember_out(data)
         out: bytes = self._compressor.compress(data)
         return out
@@ -247,13 +267,16 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
     def start_decompress_message(self) -> None:
         self._touch()
         self._receiving = True
+        self._start_inflater()
+        self._decompress_message_size = 0
+
+    def _start_inflater(self) -> None:
         if self._decompressor is None or self._in_resets:
             window = self._in_window
             if window:
                 self._decompressor = zlib.decompressobj(-self._in_bits, zdict=window)
             else:
                 self._decompressor = zlib.decompressobj(-self._in_bits)
-        self._decompress_message_size = 0
 
     def decompress_message_data(self, data: bytes, max_output_len: int | None = None) -> bytes:
         # Autobahn's, inlined (the same bounds, errors and messages; a test
@@ -280,9 +303,12 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
                     "WebSocket message exceeds decompression limit "
                     f"(max_message_size={cap}, max_output_len={max_output_len})"
                 )
-        if out and not self._in_resets:
-            self._in_window = _last(self._in_window, out, 1 << self._in_bits)
+        self._remember_in(out)
         return out
+
+    def _remember_in(self, data: bytes) -> None:
+        if data and not self._in_resets:
+            self._in_window = _last(self._in_window, data, 1 << self._in_bits)
 
     def end_decompress_message(self) -> None:
         self._receiving = False
@@ -290,10 +316,13 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             self._decompressor.decompress(_SYNC_TAIL)  # the tail the sender dropped
         except zlib.error as e:
             raise PayloadCorruptError(f"invalid permessage-deflate data: {e}") from e
-        if self._in_resets:
-            self._decompressor = None
+        self._message_received()
 
-    def _remember_out(self, data: bytes) -> None:
+    def _message_received(self) -> None:
+        if self._in_resets:
+            self._decompressor = None  # a fresh one per message: nothing to keep
+
+    def _remember_out(self, data: bytes | memoryview) -> None:
         self._busy = True
         if data and not self._out_resets:
             self._out_window = _last(self._out_window, data, 1 << self._out_bits)
@@ -309,20 +338,29 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         self._timer = None
         assert self._clock is not None
         mid_message = self._receiving or self._sending == _DEFLATING
-        if self._busy or mid_message:
-            self._busy = False
+        if self._was_busy() or mid_message:
             self._timer = self._clock.callLater(IDLE_SECONDS, self._idle_check)
             return
         # Quiet for a whole period: keep only the windows.
+        dropped_out, dropped_in = self._drop_zlib()
         size = 0
-        if self._compressor is not None:
+        if dropped_out:
             size += (4 << self._out_bits) + (512 << self.mem_level) + 6 * 1024
-            self._compressor = None
-        if self._decompressor is not None:
+        if dropped_in:
             size += (1 << self._in_bits) + 7 * 1024
-            self._decompressor = None
         if size:
             _heap.TRIM.freed(self._clock, size)
+
+    def _was_busy(self) -> bool:
+        """Whether a message went through since the last check (cleared)."""
+        busy, self._busy = self._busy, False
+        return busy
+
+    def _drop_zlib(self) -> tuple[bool, bool]:
+        """Drop both zlib states; whether each was held."""
+        held = (self._compressor is not None, self._decompressor is not None)
+        self._compressor = self._decompressor = None
+        return held
 
     def stop(self) -> None:
         """The leg closed: no more timer."""
@@ -337,7 +375,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         return self._compressor is not None or self._decompressor is not None
 
 
-def _last(window: bytes, data: bytes, size: int) -> bytes:
+def _last(window: bytes, data: bytes | memoryview, size: int) -> bytes:
     """The last ``size`` bytes of ``window + data``, copying little."""
     if len(data) >= size:
         return bytes(data[-size:])

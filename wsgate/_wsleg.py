@@ -19,6 +19,7 @@ from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 from autobahn.websocket.xormasker import XorMaskerNull
 
 from wsgate import _framepath, _sockets, _speedups
+from wsgate._cdeflate import CompiledDeflate
 from wsgate._closecodes import (
     ABNORMAL,
     BAD_GATEWAY,
@@ -112,6 +113,9 @@ class RelayedLeg(TransportLeg):
     #: text (at its first bad byte, to name the octet index as it does; it
     #: then holds the message's state); None: the compiled check holds it.
     _utf8_last: tuple[bool, bool, int, int] | None = None
+    #: ``CompiledDeflate.inflate_whole`` of this leg's deflate, on the
+    #: compiled path: a whole compressed message in one call.
+    _inflate_whole: Any = None
 
     #: Text messages are refused (a stream backend without base64: the
     #: client leg's ``onMessageBegin`` fails them).
@@ -146,7 +150,14 @@ class RelayedLeg(TransportLeg):
         pmc = self._perMessageCompress
         if pmc is not None:
             policy = self.deflate_policy
-            lean = LeanDeflate.adopt(pmc, policy.threshold, self.factory.reactor, policy.level)
+            kind = (
+                CompiledDeflate
+                if self._core is not None and CompiledDeflate.usable(pmc)
+                else LeanDeflate
+            )
+            lean = kind.adopt(pmc, policy.threshold, self.factory.reactor, policy.level, self._core)
+            if isinstance(lean, CompiledDeflate):
+                self._inflate_whole = lean.inflate_whole
             self._perMessageCompress = lean
             in_use = self.websocket_extensions_in_use
             in_use[:] = [lean if ext is pmc else ext for ext in in_use]
@@ -501,8 +512,25 @@ class RelayedLeg(TransportLeg):
                     self._begin_inflating(event[1])
             elif kind == 5:
                 if event[2]:
-                    self._begin_inflating(event[1])
-                    if not self._inflate(event[3], True, event[1]):
+                    inflate_whole = self._inflate_whole
+                    if inflate_whole is None:
+                        self._begin_inflating(event[1])
+                        done = self._inflate(event[3], True, event[1])
+                    else:
+                        me: Any = self
+                        binary = event[1]
+                        data = inflate_whole(
+                            event[3],
+                            me.maxMessagePayloadSize,
+                            not binary and me.utf8validateIncoming,
+                        )
+                        if data.__class__ is bytes:
+                            relay.message(side, binary, data)  # type: ignore[union-attr]
+                            done = True
+                        else:
+                            self._begin_checks(binary)
+                            done = self._inflate(event[3], True, binary, data)
+                    if not done:
                         self._hand_off(reader, reopen=True)
                         return
                 else:
@@ -520,8 +548,12 @@ class RelayedLeg(TransportLeg):
     def _begin_inflating(self, binary: bool) -> None:
         """A compressed message begins on the compiled path (Autobahn's
         ``onFrameBegin`` for RSV1)."""
-        self._inflating = True
         self._perMessageCompress.start_decompress_message()
+        self._begin_checks(binary)
+
+    def _begin_checks(self, binary: bool) -> None:
+        """The leg's side of a compressed message's begin: its checks."""
+        self._inflating = True
         me: Any = self
         self._utf8_last = None
         if not binary and me.utf8validateIncoming:
@@ -533,7 +565,13 @@ class RelayedLeg(TransportLeg):
         else:
             self._inflating_text = False
 
-    def _inflate(self, payload: bytes, final: bool, whole: bool | None = None) -> bool:
+    def _inflate(
+        self,
+        payload: bytes,
+        final: bool,
+        whole: bool | None = None,
+        inflated: tuple[Any, Exception | None, Exception | None] | None = None,
+    ) -> bool:
         """Inflate a piece of a compressed message and relay it, step by step
         as Autobahn's ``onFrameData`` and ``onFrameEnd`` do (the same checks,
         verdicts and close reasons, and, as there, a UTF-8 failure that does
@@ -541,7 +579,11 @@ class RelayedLeg(TransportLeg):
 
         ``whole``: the piece is a whole message (binary or not) whose begin
         the relay has not heard: it then crosses in one call, or, when a
-        check fails, its begin goes first, as it would have."""
+        check fails, its begin goes first, as it would have.
+
+        ``inflated``: what ``CompiledDeflate.inflate_whole`` made of a whole
+        message that failed a check: this goes on from the check that failed
+        (the data, or the error inflating it or its tail raised)."""
         me: Any = self
         reader = self._reader
         pmc = self._perMessageCompress
@@ -550,7 +592,12 @@ class RelayedLeg(TransportLeg):
         # The reader's total counts this piece's frame already, compressed.
         budget = limit - (reader.total - size) if limit > 0 else None
         try:
-            data = pmc.decompress_message_data(payload, max_output_len=budget)
+            if inflated is None:
+                data = pmc.decompress_message_data(payload, max_output_len=budget)
+            else:
+                data, error, _ = inflated
+                if error is not None:
+                    raise error
         except PayloadExceededError:
             self._late_begin(whole)
             if not self.failedByMe:
@@ -597,6 +644,8 @@ class RelayedLeg(TransportLeg):
                     return False
         if final:
             try:
+                if inflated is not None and inflated[2] is not None:
+                    raise inflated[2]  # the tail, fed already
                 pmc.end_decompress_message()
             except PayloadCorruptError as e:
                 self._late_begin(whole)
