@@ -8,8 +8,8 @@ setup(
     ext_modules=[
         Extension(
             "wsgate._framecore",
-            sources=["wsgate/_framecore.c", "wsgate/_framezlib.c"],
-            depends=["wsgate/_frameutf8.h"],
+            sources=["wsgate/_framecore.c", "wsgate/_framezlib.c", "wsgate/_framequick.c"],
+            depends=["wsgate/_frameutf8.h", "wsgate/_framequick.h"],
             libraries=["z"],
             optional=True,
             extra_compile_args=["-O2"],

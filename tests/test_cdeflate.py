@@ -1,7 +1,10 @@
 """The compiled permessage-deflate streams (wsgate/_framezlib.c, used by
 wsgate._cdeflate) against the Python path's: zlib's own objects driven by
-LeanDeflate. The same zlib on both, so the same bytes on the wire, the same
-choices, windows, verdicts and error texts."""
+LeanDeflate. Through zlib (inflating; compressing at levels 2-9, and at
+level 1 what is larger than the fast encoder takes) the same zlib on both,
+so the same bytes on the wire, choices, windows, verdicts and error texts;
+through the fast encoder (wsgate/_framequick.c, level 1, small whole
+messages) other bytes, which a zlib peer inflates to the same messages."""
 
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ _MESSAGE = st.tuples(
     messages=st.lists(_MESSAGE, max_size=14),
     nct=st.booleans(),
     threshold=st.sampled_from([0, 128]),
-    level=st.sampled_from([1, 6]),
+    level=st.sampled_from([2, 6]),
 )
 def test_the_same_stream_choices_and_windows_as_the_python_path(
     messages: list[tuple[str, int, list[int], bool, bool]], nct: bool, threshold: int, level: int
@@ -274,3 +277,90 @@ def test_only_unused_states_and_a_built_core_make_a_compiled_deflate() -> None:
     assert not CompiledDeflate.usable(pmc)
     with pytest.raises(RuntimeError, match=r"needs wsgate\._framecore"):
         CompiledDeflate.adopt(PerMessageDeflate(True, False, False, 12, 12, 5), 128, Clock())
+
+
+def _peer_inflater(nct: bool) -> Any:
+    return zlib.decompressobj(-12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(_MESSAGE, max_size=16),
+    nct=st.booleans(),
+    threshold=st.sampled_from([0, 128]),
+)
+def test_level_1_s_fast_encoder_gives_a_zlib_peer_the_same_messages(
+    messages: list[tuple[str, int, list[int], bool, bool]], nct: bool, threshold: int
+) -> None:
+    """Level 1 on the compiled path: whole messages up to QUICK_MAX through
+    the fast encoder, the rest (and streamed ones) through zlib, on one
+    stream. A zlib peer inflates every compressed one to its message, with
+    and without context takeover, across idle drops; the window is the
+    plaintext of what went out compressed; a whole message that compresses
+    well always does when tried, random bytes never."""
+    (compiled, clock), _ = _pair(threshold, nct, 1)[::-1]
+    assert isinstance(compiled, CompiledDeflate)
+    peer = zlib.decompressobj(-12)
+    sent = b""
+    for i, (kind, size, cuts, whole, gap) in enumerate(messages):
+        data = {
+            "json": _json(size, i),
+            "random": os.urandom(size),
+            "short": _json(size % 128, i),
+            "empty": b"",
+        }[kind]
+        if gap:
+            clock.advance(IDLE_SECONDS)
+            clock.advance(IDLE_SECONDS)
+            assert not compiled.holds_zlib
+        tried = compiled._skip == 0 and len(data) >= threshold
+        pieces = _send(compiled, data, sorted(c for c in set(cuts) if c < len(data)), whole)
+        if pieces[0] is None:
+            assert all(p is None for p in pieces)
+            assert not (whole and kind == "json" and len(data) >= 128 and tried)
+            continue
+        assert not (whole and kind == "random" and len(data) >= 50)
+        if nct:
+            peer = zlib.decompressobj(-12)
+        assert peer.decompress(b"".join(p for p in pieces if p) + TAIL) == data
+        sent = b"" if nct else (sent + data)[-4096:]
+        assert compiled._compressor.window == sent
+
+
+@pytest.mark.parametrize("bits", [9, 12, 15])
+def test_the_fast_encoder_at_its_edges(bits: int) -> None:
+    """Matches as long as deflate allows (258) and as far back as the window
+    (not one byte more), every byte value, empty and QUICK_MAX-sized
+    messages, windows smaller than a message, and the switch to zlib and
+    back on one stream."""
+    window = 1 << bits
+    deflater = framecore.Deflater(1, bits, 5, True)
+    peer = zlib.decompressobj(-bits)
+    history = b""  # the plaintext of what went out compressed
+    rng = random.Random(bits)
+    messages = [
+        b"a" * 1024,  # runs: the longest matches
+        bytes(range(256)) * 4,  # every byte value
+        b"",
+        os.urandom(600) + b"z" * 100,
+        _json(1025, 1),  # one past the fast encoder: zlib
+        _json(1024, 1),  # back, matching what zlib sent
+        bytes(rng.randrange(256) for _ in range(window + 5))[: min(window + 5, 1024)],
+    ]
+    for data in messages:
+        out = deflater.whole(data)
+        if out is not None:
+            assert peer.decompress(out + TAIL) == data
+            history += data
+        assert deflater.window == history[-window:]
+    sent = 0
+    for i in range(60):  # repeats at every distance up to the window and just past it
+        start = len(history) - window - 40 + rng.randrange(80)
+        data = history[max(0, start) :][: rng.randrange(4, 300)] + _json(40, i)
+        out = deflater.whole(data)
+        if out is not None:  # (random bytes from past the window do not compress)
+            assert peer.decompress(out + TAIL) == data
+            history += data
+            sent += 1
+        assert deflater.window == history[-window:]
+    assert sent > 30

@@ -5,10 +5,13 @@ idles, the windows the peers rely on) and swaps its zlib objects for
 ``_framecore.Deflater`` and ``Inflater`` (wsgate/_framezlib.c), which use
 the same zlib and give the same bytes and verdicts. What changes is the
 cost of a message: a whole one is one call each way (``deflate_whole``,
-``inflate_whole``) instead of about ten, and no window is copied per
-message (the deflater keeps its input in a ring, the inflater asks zlib for
-its window only when it is dropped). tests/test_cdeflate.py holds the two
-classes to the same output.
+``inflate_whole``) instead of about ten, no window is copied per message
+(the deflater keeps a linear history, the inflater asks zlib for its
+window only when it is dropped), and at level 1 a whole message of up to
+1 KiB is compressed by the extension's own fast encoder (about 2 us
+instead of zlib's 10 for 1 KiB of JSON, for a fifth more bytes).
+tests/test_cdeflate.py holds the two classes to the same messages, and to
+the same bytes wherever both use zlib.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 
 from autobahn.exception import PayloadCorruptError, PayloadExceededError
 
-from wsgate._leandeflate import _RAW, _UNDECIDED, SAMPLE, LeanDeflate
+from wsgate._leandeflate import _RAW, _UNDECIDED, SAMPLE, DeflatePolicy, LeanDeflate
+from wsgate._relay import Clock
 
 #: Inflater.whole's codes: a check after inflating failed (the caller goes
 #: on from there, the tail not fed yet); inflating failed; the limit was hit;
@@ -149,4 +153,13 @@ class CompiledDeflate(LeanDeflate):
         return bool(self._compressor.live or self._decompressor.live)
 
 
-__all__ = ["CompiledDeflate"]
+def adopt(pmc: Any, policy: DeflatePolicy, clock: Clock, core: Any) -> LeanDeflate:
+    """A leg's permessage-deflate once it is open: on compiled streams where
+    the compiled module runs (``core``) and Autobahn has not used its own
+    zlib states, else on zlib's Python objects."""
+    kind = CompiledDeflate if core is not None and CompiledDeflate.usable(pmc) else LeanDeflate
+    return kind.adopt(pmc, policy.threshold, clock, policy.level, core)
+
+
+# DeflatePolicy and LeanDeflate re-exported: the legs import deflate from here.
+__all__ = ["CompiledDeflate", "DeflatePolicy", "LeanDeflate", "adopt"]

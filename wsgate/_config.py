@@ -533,7 +533,7 @@ SETTINGS: tuple[Setting, ...] = (
         '"on"',
         'permessage-deflate on the client leg: "on", "off" or '
         '"on,window_bits=9..15,mem_level=1..9,level=1..9,threshold=BYTES,no_context_takeover" '
-        "(window_bits 12, mem_level 5, zlib level 1 and threshold 128 unless given). Messages "
+        "(window_bits 12, mem_level 5, level 1 and threshold 128 unless given). Messages "
         "shorter than the threshold, and those whose start does not compress, "
         "go out uncompressed.",
         cli=True,

@@ -11,9 +11,13 @@
  *   (Inflater.whole). The Python path makes about ten calls each way.
  * - The peer's window (what an idle connection keeps once its zlib states
  *   are dropped) costs no copy per message: the deflater keeps its input in
- *   a ring, the inflater asks zlib for its window (inflateGetDictionary)
- *   only when it is dropped. The Python path rebuilds a 4 KiB bytes object
- *   per message and direction.
+ *   a linear history, the inflater asks zlib for its window
+ *   (inflateGetDictionary) only when it is dropped. The Python path
+ *   rebuilds a 4 KiB bytes object per message and direction.
+ * - At level 1 a whole message of up to QUICK_MAX bytes goes through the
+ *   fast encoder (_framequick.c) instead of zlib, matching against the same
+ *   history: other bytes than zlib's, the same message for the peer. zlib's
+ *   stream is primed with the history again before it is next used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +27,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "_framequick.h"
 #include "_frameutf8.h"
 
 /* zlib.error: the Python path's exception, so the callers catch one type. */
@@ -51,65 +56,24 @@ set_zlib_error(const z_stream *zs, int err, const char *what)
         PyErr_Format(zlib_error, "Error %d %s: %.200s", err, what, zmsg);
 }
 
-/* -- the window, a ring ------------------------------------------------------ */
-
-typedef struct {
-    uint8_t *buf;   /* size bytes, allocated at the first add */
-    Py_ssize_t size, len, pos;
-} ring;
-
-static int
-ring_add(ring *w, const uint8_t *p, Py_ssize_t n)
-{
-    if (n <= 0)
-        return 0;
-    if (w->buf == NULL) {
-        w->buf = PyMem_Malloc(w->size);
-        if (w->buf == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    if (n >= w->size) {
-        memcpy(w->buf, p + n - w->size, w->size);
-        w->pos = 0;
-        w->len = w->size;
-        return 0;
-    }
-    Py_ssize_t first = w->size - w->pos;
-    if (first > n)
-        first = n;
-    memcpy(w->buf + w->pos, p, first);
-    memcpy(w->buf, p + first, n - first);
-    w->pos = (w->pos + n) % w->size;
-    w->len = w->len + n > w->size ? w->size : w->len + n;
-    return 0;
-}
-
-/* The window in order, into out (w->len bytes). */
-static void
-ring_copy(const ring *w, uint8_t *out)
-{
-    if (w->len < w->size) {  /* never wrapped: it starts at 0 */
-        memcpy(out, w->buf, w->len);
-        return;
-    }
-    Py_ssize_t tail = w->size - w->pos;
-    memcpy(out, w->buf + w->pos, tail);
-    memcpy(out + tail, w->buf, w->pos);
-}
-
 /* -- Deflater ---------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
     z_stream zs;
     int live;     /* zs is initialised */
+    int synced;   /* zs's window is the history's (else: reset, primed, before use) */
     int dirty;    /* zs has taken input since it was initialised or reset */
     int busy;     /* a message went through since the idle check cleared it */
     int level, bits, mem_level;
-    int keep;     /* context takeover: keep the window across messages */
-    ring win;
+    int keep;     /* context takeover: the history carries over to the next message */
+    /* The history: the plaintext of the messages sent compressed, at least
+     * its last `size` bytes (the peer's window), linear; hist[0] is the
+     * stream's position `base`. */
+    uint8_t *hist;
+    Py_ssize_t hist_len, hist_cap, size;
+    uint64_t base;
+    uint16_t *head; /* the fast encoder's hash table (level 1, while busy) */
 } Deflater;
 
 static int
@@ -131,10 +95,14 @@ Deflater_init(Deflater *d, PyObject *args, PyObject *kw)
     d->bits = bits;
     d->mem_level = mem_level;
     d->keep = keep;
-    d->dirty = d->busy = 0;
-    PyMem_Free(d->win.buf);
-    memset(&d->win, 0, sizeof d->win);
-    d->win.size = (Py_ssize_t)1 << bits;
+    d->dirty = d->busy = d->synced = 0;
+    PyMem_Free(d->hist);
+    PyMem_Free(d->head);
+    d->hist = NULL;
+    d->head = NULL;
+    d->hist_len = d->hist_cap = 0;
+    d->base = 0;
+    d->size = (Py_ssize_t)1 << bits;
     return 0;
 }
 
@@ -143,18 +111,80 @@ Deflater_dealloc(Deflater *d)
 {
     if (d->live)
         deflateEnd(&d->zs);
-    PyMem_Free(d->win.buf);
+    PyMem_Free(d->hist);
+    PyMem_Free(d->head);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
-/* Ready for a message: a new stream primed with the window when there is
- * none (the Python path's compressobj(..., zdict=window)); without
- * takeover, a fresh one per message. */
+/* The peer's window: the history's last `size` bytes (fewer at first). */
+static Py_ssize_t
+window_len(const Deflater *d)
+{
+    return d->hist_len < d->size ? d->hist_len : d->size;
+}
+
+/* Room to append n bytes (n <= QUICK_MAX, or n < size): older history than
+ * the window slides out. */
+static int
+hist_room(Deflater *d, Py_ssize_t n)
+{
+    if (d->hist_len + n <= d->hist_cap)
+        return 0;
+    Py_ssize_t keep = window_len(d);
+    if (keep && d->hist_len > keep)
+        memmove(d->hist, d->hist + d->hist_len - keep, keep);
+    d->base += (uint64_t)(d->hist_len - keep);
+    d->hist_len = keep;
+    Py_ssize_t want = 2 * d->size + QUICK_MAX;
+    if (want < keep + n)
+        want = keep + n;
+    if (want > d->hist_cap) {
+        uint8_t *grown = PyMem_Realloc(d->hist, want);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        d->hist = grown;
+        d->hist_cap = want;
+    }
+    return 0;
+}
+
+/* p joins the history (a message that went through zlib). */
+static int
+hist_add(Deflater *d, const uint8_t *p, Py_ssize_t n)
+{
+    if (!d->keep || n <= 0)
+        return 0;
+    Py_ssize_t from;
+    if (n >= d->size) {
+        d->base += (uint64_t)(d->hist_len + n - d->size);
+        d->hist_len = 0;
+        if (hist_room(d, d->size) < 0)
+            return -1;
+        memcpy(d->hist, p + n - d->size, d->size);
+        d->hist_len = d->size;
+        from = 0;
+    } else {
+        if (hist_room(d, n) < 0)
+            return -1;
+        memcpy(d->hist + d->hist_len, p, n);
+        from = d->hist_len - 3;
+        d->hist_len += n;
+    }
+    if (d->head != NULL)  /* the fast encoder may match these bytes too */
+        wsgate_quick_insert(d->hist, from, d->hist_len - 3, d->base, d->head);
+    return 0;
+}
+
+/* Ready for a message through zlib: a stream primed with the window when
+ * there is none or when the fast encoder wrote since (the Python path's
+ * compressobj(..., zdict=window)); without takeover, a fresh one each. */
 static int
 deflater_start(Deflater *d)
 {
     d->busy = 1;
-    if (d->live && (d->keep || !d->dirty))
+    if (d->live && d->synced && (d->keep || !d->dirty))
         return 0;
     int err;
     if (!d->live) {
@@ -170,15 +200,10 @@ deflater_start(Deflater *d)
         deflateReset(&d->zs);
     }
     d->dirty = 0;
-    if (d->keep && d->win.len) {
-        uint8_t *dict = PyMem_Malloc(d->win.len);
-        if (dict == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        ring_copy(&d->win, dict);
-        err = deflateSetDictionary(&d->zs, dict, (uInt)d->win.len);
-        PyMem_Free(dict);
+    d->synced = 1;
+    Py_ssize_t w = window_len(d);
+    if (d->keep && w) {
+        err = deflateSetDictionary(&d->zs, d->hist + d->hist_len - w, (uInt)w);
         if (err != Z_OK) {
             set_zlib_error(&d->zs, err, "while setting zdict");
             return -1;
@@ -279,15 +304,44 @@ deflate_bytes(Deflater *d, const uint8_t *p, Py_ssize_t n, int mode)
     return out;
 }
 
-/* Free the zlib state, keep the window: the next start() rebuilds it. */
+/* Free the zlib state (and the fast encoder's table), keep the window: the
+ * next message rebuilds them. Whether anything was held. */
 static int
 deflater_drop(Deflater *d)
 {
-    if (!d->live)
-        return 0;
-    deflateEnd(&d->zs);
-    d->live = 0;
-    return 1;
+    int held = d->live || d->head != NULL;
+    if (d->live) {
+        deflateEnd(&d->zs);
+        d->live = 0;
+    }
+    PyMem_Free(d->head);
+    d->head = NULL;
+    return held;
+}
+
+/* Idle: only the window stays, in a buffer of its size. */
+static void
+deflater_idle(Deflater *d)
+{
+    deflater_drop(d);
+    Py_ssize_t keep = window_len(d);
+    if (d->hist == NULL || d->hist_cap == keep)
+        return;
+    if (d->hist_len > keep)
+        memmove(d->hist, d->hist + d->hist_len - keep, keep);
+    d->base += (uint64_t)(d->hist_len - keep);
+    d->hist_len = keep;
+    if (keep == 0) {
+        PyMem_Free(d->hist);
+        d->hist = NULL;
+        d->hist_cap = 0;
+        return;
+    }
+    uint8_t *small = PyMem_Realloc(d->hist, keep);
+    if (small != NULL) {
+        d->hist = small;
+        d->hist_cap = keep;
+    }
 }
 
 static int
@@ -296,8 +350,47 @@ pays(Py_ssize_t sample, Py_ssize_t compressed)
     return (compressed - 4) * 10 <= sample * 9;
 }
 
-/* A trial: p compressed and sync-flushed; None, the stream spoilt, when it
- * does not pay, else the output (with its tail) and p in the window. */
+/* A whole message of at most QUICK_MAX bytes through the fast encoder:
+ * its payload (sync-flushed, no tail), or None when that does not pay. */
+static PyObject *
+deflater_quick(Deflater *d, const uint8_t *p, Py_ssize_t n)
+{
+    d->busy = 1;
+    if (!d->keep)
+        d->hist_len = 0;  /* nothing to match against */
+    if (hist_room(d, n) < 0)
+        return NULL;
+    if (d->head == NULL) {
+        d->head = PyMem_Calloc(QUICK_HASH, sizeof *d->head);
+        if (d->head == NULL)
+            return PyErr_NoMemory();
+        Py_ssize_t w = window_len(d);
+        wsgate_quick_insert(d->hist, d->hist_len - w, d->hist_len - 3, d->base, d->head);
+    }
+    memcpy(d->hist + d->hist_len, p, n);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, QUICK_BOUND(n));
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t used = wsgate_quick_deflate(d->hist, d->hist_len, n, d->base, d->size, d->head,
+                                           (uint8_t *)PyBytes_AS_STRING(out));
+    if (!pays(n, used + 4)) {  /* the message leaves the history as it came */
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    if (d->keep) {
+        d->hist_len += n;
+        d->synced = 0;  /* zlib's window (if any) lacks it */
+    } else {
+        deflater_drop(d);  /* a new one per message, as the Python path */
+    }
+    if (_PyBytes_Resize(&out, used) < 0)
+        return NULL;
+    return out;
+}
+
+/* A trial through zlib: p compressed and sync-flushed; None when it does
+ * not pay (the stream, which took in what the peer gets raw, is dropped, as
+ * the Python path drops it), else the output and p in the history. */
 static PyObject *
 deflater_trial(Deflater *d, const uint8_t *p, Py_ssize_t n, int trim)
 {
@@ -313,12 +406,14 @@ deflater_trial(Deflater *d, const uint8_t *p, Py_ssize_t n, int trim)
         return NULL;
     }
     if (!pays(n, used)) {
-        /* spoilt: it took in what the peer gets raw (the Python path drops it too) */
         Py_DECREF(out);
-        deflater_drop(d);
+        if (d->live) {
+            deflateEnd(&d->zs);
+            d->live = 0;
+        }
         Py_RETURN_NONE;
     }
-    if (d->keep && ring_add(&d->win, p, n) < 0) {
+    if (hist_add(d, p, n) < 0) {
         Py_DECREF(out);
         return NULL;
     }
@@ -341,7 +436,8 @@ Deflater_whole(Deflater *d, PyObject *arg)
     Py_buffer v;
     if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *out = deflater_trial(d, v.buf, v.len, 1);
+    PyObject *out = d->level == 1 && v.len <= QUICK_MAX ? deflater_quick(d, v.buf, v.len)
+                                                        : deflater_trial(d, v.buf, v.len, 1);
     PyBuffer_Release(&v);
     return out;
 }
@@ -377,7 +473,7 @@ Deflater_compress(Deflater *d, PyObject *arg)
         return NULL;
     d->busy = 1;
     PyObject *out = deflate_bytes(d, v.buf, v.len, Z_NO_FLUSH);
-    if (out != NULL && d->keep && ring_add(&d->win, v.buf, v.len) < 0)
+    if (out != NULL && hist_add(d, v.buf, v.len) < 0)
         Py_CLEAR(out);
     PyBuffer_Release(&v);
     return out;
@@ -406,16 +502,22 @@ Deflater_flush(Deflater *d, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Deflater_drop(Deflater *d, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(deflater_drop(d));
+    int held = d->live || d->head != NULL;
+    deflater_idle(d);
+    return PyBool_FromLong(held);
 }
 
 static PyObject *
 Deflater_get_window(Deflater *d, void *Py_UNUSED(closure))
 {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, d->win.len);
-    if (out != NULL && d->win.len)
-        ring_copy(&d->win, (uint8_t *)PyBytes_AS_STRING(out));
-    return out;
+    Py_ssize_t w = d->keep ? window_len(d) : 0;
+    return PyBytes_FromStringAndSize(w ? (const char *)d->hist + d->hist_len - w : NULL, w);
+}
+
+static PyObject *
+Deflater_get_live(Deflater *d, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(d->live || d->head != NULL);
 }
 
 static PyMethodDef Deflater_methods[] = {
@@ -429,18 +531,18 @@ static PyMethodDef Deflater_methods[] = {
     {"flush", (PyCFunction)(void (*)(void))Deflater_flush, METH_FASTCALL,
      "flush(mode=Z_SYNC_FLUSH) -> bytes"},
     {"drop", (PyCFunction)Deflater_drop, METH_NOARGS,
-     "Free the zlib state (True if there was one); the window stays."},
+     "Free the encoders' states (True if there were any); the window stays."},
     {NULL}
 };
 
 static PyMemberDef Deflater_members[] = {
-    {"live", T_INT, offsetof(Deflater, live), READONLY, "Whether a zlib state is held."},
     {"busy", T_INT, offsetof(Deflater, busy), 0, "Set by every message; the idle check clears it."},
     {NULL}
 };
 
 static PyGetSetDef Deflater_getset[] = {
     {"window", (getter)Deflater_get_window, NULL, "The peer's window (for tests).", NULL},
+    {"live", (getter)Deflater_get_live, NULL, "Whether an encoder's state is held.", NULL},
     {NULL}
 };
 

@@ -19,7 +19,8 @@ from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 from autobahn.websocket.xormasker import XorMaskerNull
 
 from wsgate import _framepath, _sockets, _speedups
-from wsgate._cdeflate import CompiledDeflate
+from wsgate._cdeflate import CompiledDeflate, DeflatePolicy, LeanDeflate
+from wsgate._cdeflate import adopt as adopt_deflate
 from wsgate._closecodes import (
     ABNORMAL,
     BAD_GATEWAY,
@@ -29,7 +30,6 @@ from wsgate._closecodes import (
     truncate_reason,
 )
 from wsgate._keepalive import Keepalive
-from wsgate._leandeflate import DeflatePolicy, LeanDeflate
 from wsgate._relay import TransportLeg
 
 if TYPE_CHECKING:
@@ -149,13 +149,7 @@ class RelayedLeg(TransportLeg):
         # compresses only what pays and drops its zlib states when idle.
         pmc = self._perMessageCompress
         if pmc is not None:
-            policy = self.deflate_policy
-            kind = (
-                CompiledDeflate
-                if self._core is not None and CompiledDeflate.usable(pmc)
-                else LeanDeflate
-            )
-            lean = kind.adopt(pmc, policy.threshold, self.factory.reactor, policy.level, self._core)
+            lean = adopt_deflate(pmc, self.deflate_policy, self.factory.reactor, self._core)
             if isinstance(lean, CompiledDeflate):
                 self._inflate_whole = lean.inflate_whole
             self._perMessageCompress = lean
