@@ -8,7 +8,7 @@
 
 /* The hash table: QUICK_HASH entries, each the last position (mod 2**16)
  * whose next four bytes hashed there. */
-#define QUICK_HASH_BITS 12
+#define QUICK_HASH_BITS 11
 #define QUICK_HASH (1 << QUICK_HASH_BITS)
 
 /* The largest message it takes (larger ones stream through zlib). */
