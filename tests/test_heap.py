@@ -54,6 +54,21 @@ def test_drops_that_go_on_wait_at_most_max_wait_then_min_interval() -> None:
     assert trims == pytest.approx([MAX_WAIT + MIN_INTERVAL * k for k in range(50)])
 
 
+def test_another_clock_does_not_inherit_the_last_trim_s_time() -> None:
+    """Legs on another clock (tests run many) are not held back by a trim
+    timed on the first one."""
+    first, later = Clock(), Clock()
+    trims: list[str] = []
+    heap = HeapTrim(lambda: trims.append("trim"))
+    first.advance(1000)
+    heap.freed(first, MIN_BYTES)
+    first.advance(DELAY)
+    assert trims == ["trim"]
+    heap.freed(later, MIN_BYTES)  # at 0 on its own clock
+    later.advance(DELAY)
+    assert trims == ["trim", "trim"]
+
+
 def test_without_glibc_nothing_is_scheduled() -> None:
     clock = Clock()
     HeapTrim(None).freed(clock, MIN_BYTES * 10)

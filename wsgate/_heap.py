@@ -60,6 +60,8 @@ class HeapTrim:
             return
         now = clock.seconds()
         call = self._call
+        if clock is not self._clock:
+            self._last = None  # another clock's time says nothing on this one
         if call is None or not call.active() or clock is not self._clock:
             self._clock, self._asked_at = clock, now
             self._call = clock.callLater(self._due(now) - now, self._run)
