@@ -279,10 +279,6 @@ def test_only_unused_states_and_a_built_core_make_a_compiled_deflate() -> None:
         CompiledDeflate.adopt(PerMessageDeflate(True, False, False, 12, 12, 5), 128, Clock())
 
 
-def _peer_inflater(nct: bool) -> Any:
-    return zlib.decompressobj(-12)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     messages=st.lists(_MESSAGE, max_size=16),

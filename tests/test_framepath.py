@@ -395,7 +395,11 @@ def test_both_paths_write_the_same_frames(
     messages=st.lists(
         st.tuples(
             st.booleans(),
-            st.one_of(st.binary(max_size=3000), st.text(max_size=300).map(str.encode)),
+            st.one_of(
+                st.binary(max_size=3000),
+                st.text(max_size=300).map(str.encode),
+                st.integers(0, 1500).map(lambda n: (b'{"id": 1, "ok": true} ' * 70)[:n]),
+            ),
         ),
         max_size=5,
     )
@@ -403,9 +407,12 @@ def test_both_paths_write_the_same_frames(
 def test_a_whole_message_goes_out_as_begin_and_final_data_do(
     server: bool, deflate: bool, messages: list[tuple[bool, bytes]]
 ) -> None:
-    """``send_message`` (the compiled reader's whole messages) writes the
-    frames ``send_begin`` and ``send_data(data, True)`` write, on both paths."""
-    written = []
+    """``send_message`` (the compiled reader's whole messages) writes what
+    ``send_begin`` and ``send_data(data, True)`` write, on both paths: the
+    same frames, except that with deflate the compiled path compresses a
+    whole message of up to 1 KiB with level 1's own encoder (its bytes are
+    not zlib's); then the same messages for a zlib peer."""
+    written, received = [], []
     for whole in (False, True):
         for compiled in (False, True):
             leg, transport, _ = _open_leg(server, compiled, False, deflate)
@@ -416,7 +423,40 @@ def test_a_whole_message_goes_out_as_begin_and_final_data_do(
                     leg.send_begin(binary)
                     leg.send_data(data, True)
             written.append(_frames_written(transport.value()))
-    assert written[0] == written[1] == written[2] == written[3]
+            received.append(_messages_received(transport.value()))
+    assert received[0] == received[1] == received[2] == received[3]
+    assert [(op, len(m)) for op, m in received[0]] == [(2 if b else 1, len(d)) for b, d in messages]
+    assert written[0] == written[1] == written[2]  # zlib's bytes
+    if not deflate:
+        assert written[3] == written[0]
+
+
+def _messages_received(data: bytes) -> list[tuple[int, bytes]]:
+    """What a peer makes of a leg's one-frame messages: (opcode, payload),
+    inflated (context takeover, any window) where RSV1 is set."""
+    inflater = zlib.decompressobj(-15)
+    out = []
+    for (opcode, _, payload), rsv1 in zip(_frames_written(data), _rsv1_bits(data), strict=True):
+        out.append(
+            (opcode, inflater.decompress(payload + b"\x00\x00\xff\xff") if rsv1 else payload)
+        )
+    return out
+
+
+def _rsv1_bits(data: bytes) -> list[bool]:
+    """Each frame's RSV1 bit, in order."""
+    bits = []
+    while data:
+        b1 = data[1]
+        length, i = b1 & 0x7F, 2
+        if length == 126:
+            length, i = struct.unpack("!H", data[2:4])[0], 4
+        elif length == 127:
+            length, i = struct.unpack("!Q", data[2:10])[0], 10
+        i += 4 if b1 & 0x80 else 0
+        bits.append(bool(data[0] & 0x40))
+        data = data[i + length :]
+    return bits
 
 
 @pytest.mark.parametrize("server", [True, False], ids=["client-leg", "backend-leg"])

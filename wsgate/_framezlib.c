@@ -1,9 +1,10 @@
 /* wsgate._framecore's permessage-deflate streams (RFC 7692) for the
  * compiled path: Deflater and Inflater, used by wsgate._cdeflate.
  *
- * They give the bytes, verdicts and error texts of the zlib objects the
- * Python path (wsgate._leandeflate) uses, with the same zlib, so the peer
- * sees the same stream; what they change is the cost of a message:
+ * Through zlib they give the bytes, verdicts and error texts of the zlib
+ * objects the Python path (wsgate._leandeflate) uses, with the same zlib,
+ * so the peer sees the same stream; what they change is the cost of a
+ * message:
  *
  * - A whole message is one call: compressed, sync-flushed, tried against
  *   the "does it pay" rule and trimmed (Deflater.whole); inflated within
@@ -180,7 +181,7 @@ window_len(const Deflater *d)
 static int
 hist_room(Deflater *d, Py_ssize_t n)
 {
-    if (d->hist_len + n <= d->hist_cap)
+    if (d->hist_len + n <= d->hist_cap && d->hist != NULL)
         return 0;
     Py_ssize_t keep = window_len(d);
     if (keep && d->hist_len > keep)
