@@ -97,9 +97,10 @@ _MESSAGE = st.tuples(
 def test_the_same_stream_choices_and_windows_as_the_python_path(
     messages: list[tuple[str, int, list[int], bool, bool]], nct: bool, threshold: int, level: int
 ) -> None:
-    """Message after message both ways: compressible, random (a trial that
-    misses, then skips), short, empty, whole or streamed, with idle drops
-    between them, with and without context takeover."""
+    """At levels where both compress with zlib, message after message both
+    ways: compressible, random (a trial that misses, then skips), short,
+    empty, whole or streamed, with idle drops between them, with and
+    without context takeover."""
     (python, py_clock), (compiled, c_clock) = _pair(threshold, nct, level)
     peer = zlib.compressobj(6, zlib.DEFLATED, -12, 5)
     for i, (kind, size, cuts, whole, gap) in enumerate(messages):
