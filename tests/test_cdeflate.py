@@ -19,22 +19,13 @@ from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress import PerMessageDeflate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_leandeflate import TAIL, _json, _message
 from twisted.internet.task import Clock
 
 from wsgate._cdeflate import CompiledDeflate
 from wsgate._leandeflate import IDLE_SECONDS, LeanDeflate
 
 framecore = pytest.importorskip("wsgate._framecore", reason="wsgate._framecore not built")
-
-TAIL = b"\x00\x00\xff\xff"
-
-
-def _json(n: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    parts = []
-    while sum(map(len, parts)) < n:
-        parts.append(b'{"id": %d, "user": "u%d", "ok": true}, ' % (rng.randrange(1000), seed))
-    return b"".join(parts)[:n]
 
 
 def _pair(
@@ -104,12 +95,7 @@ def test_the_same_stream_choices_and_windows_as_the_python_path(
     (python, py_clock), (compiled, c_clock) = _pair(threshold, nct, level)
     peer = zlib.compressobj(6, zlib.DEFLATED, -12, 5)
     for i, (kind, size, cuts, whole, gap) in enumerate(messages):
-        data = {
-            "json": _json(size, i),
-            "random": os.urandom(size),
-            "short": _json(size % 128, i),
-            "empty": b"",
-        }[kind]
+        data = _message(kind, size, i)
         if gap:
             for clock in (py_clock, c_clock):
                 clock.advance(IDLE_SECONDS)
@@ -300,12 +286,7 @@ def test_level_1_s_fast_encoder_gives_a_zlib_peer_the_same_messages(
     peer = zlib.decompressobj(-12)
     sent = b""
     for i, (kind, size, cuts, whole, gap) in enumerate(messages):
-        data = {
-            "json": _json(size, i),
-            "random": os.urandom(size),
-            "short": _json(size % 128, i),
-            "empty": b"",
-        }[kind]
+        data = _message(kind, size, i)
         if gap:
             clock.advance(IDLE_SECONDS)
             clock.advance(IDLE_SECONDS)

@@ -29,6 +29,18 @@ def _json(n: int, seed: int = 0) -> bytes:
     return b"".join(parts)[:n]
 
 
+def _message(kind: str, size: int, seed: int) -> bytes:
+    """A message of one kind: compressible JSON, random bytes, JSON shorter
+    than the default threshold, or nothing."""
+    if kind == "json":
+        return _json(size, seed)
+    if kind == "random":
+        return os.urandom(size)
+    if kind == "short":
+        return _json(size % 128, seed)
+    return b""
+
+
 def _lean(
     threshold: int = 128, nct: bool = False, clock: Clock | None = None, level: int = 1
 ) -> LeanDeflate:
@@ -228,12 +240,7 @@ def test_any_mix_survives_under_either_policy(
     clock = Clock()
     lean, peer = _lean(nct=nct, clock=clock), Peer(nct=nct)
     for i, (kind, size, cuts, gap) in enumerate(messages):
-        data = {
-            "json": _json(size, i),
-            "random": os.urandom(size),
-            "short": _json(size % 128, i),
-            "empty": b"",
-        }[kind]
+        data = _message(kind, size, i)
         if gap:  # one period to notice the quiet, one more to drop
             clock.advance(IDLE_SECONDS)
             clock.advance(IDLE_SECONDS)
@@ -268,7 +275,7 @@ def test_deflate_whole_is_begin_and_a_final_deflate(
     clocks = Clock(), Clock()
     whole, pieces = (_lean(threshold, nct, clock) for clock in clocks)
     for i, (kind, size, gap) in enumerate(messages):
-        data = {"json": _json(size, i), "random": os.urandom(size), "empty": b""}[kind]
+        data = _message(kind, size, i)
         if gap:
             for clock in clocks:
                 clock.advance(IDLE_SECONDS)
