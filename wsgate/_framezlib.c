@@ -129,6 +129,23 @@ typedef struct {
     uint16_t *head; /* the fast encoder's hash table (level 1, while busy) */
 } Deflater;
 
+/* End the zlib stream, if there is one. */
+static void
+zlib_end(Deflater *d)
+{
+    if (d->live) {
+        deflateEnd(&d->zs);
+        d->live = 0;
+    }
+}
+
+/* Whether an encoder's state is held (what idling would drop). */
+static int
+deflater_holds(const Deflater *d)
+{
+    return d->live || d->head != NULL;
+}
+
 static int
 Deflater_init(Deflater *d, PyObject *args, PyObject *kw)
 {
@@ -140,10 +157,7 @@ Deflater_init(Deflater *d, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "level 0-9, bits 8-15, mem_level 1-9");
         return -1;
     }
-    if (d->live) {
-        deflateEnd(&d->zs);
-        d->live = 0;
-    }
+    zlib_end(d);
     d->level = level;
     d->bits = bits;
     d->mem_level = mem_level;
@@ -162,8 +176,7 @@ Deflater_init(Deflater *d, PyObject *args, PyObject *kw)
 static void
 Deflater_dealloc(Deflater *d)
 {
-    if (d->live)
-        deflateEnd(&d->zs);
+    zlib_end(d);
     PyMem_Free(d->hist);
     PyMem_Free(d->head);
     Py_TYPE(d)->tp_free((PyObject *)d);
@@ -362,24 +375,22 @@ deflate_bytes(Deflater *d, const uint8_t *p, Py_ssize_t n, int mode)
 static int
 deflater_drop(Deflater *d)
 {
-    int held = d->live || d->head != NULL;
-    if (d->live) {
-        deflateEnd(&d->zs);
-        d->live = 0;
-    }
+    int held = deflater_holds(d);
+    zlib_end(d);
     PyMem_Free(d->head);
     d->head = NULL;
     return held;
 }
 
-/* Idle: only the window stays, in a buffer of its size. */
-static void
+/* Idle: only the window stays, in a buffer of its size. Whether an
+ * encoder's state was held. */
+static int
 deflater_idle(Deflater *d)
 {
-    deflater_drop(d);
+    int held = deflater_drop(d);
     Py_ssize_t keep = window_len(d);
     if (d->hist == NULL || d->hist_cap == keep)
-        return;
+        return held;
     if (d->hist_len > keep)
         memmove(d->hist, d->hist + d->hist_len - keep, keep);
     d->base += (uint64_t)(d->hist_len - keep);
@@ -388,13 +399,14 @@ deflater_idle(Deflater *d)
         PyMem_Free(d->hist);
         d->hist = NULL;
         d->hist_cap = 0;
-        return;
+        return held;
     }
     uint8_t *small = PyMem_Realloc(d->hist, keep);
     if (small != NULL) {
         d->hist = small;
         d->hist_cap = keep;
     }
+    return held;
 }
 
 static int
@@ -460,10 +472,7 @@ deflater_trial(Deflater *d, const uint8_t *p, Py_ssize_t n, int trim)
     }
     if (!pays(n, used)) {
         Py_DECREF(out);
-        if (d->live) {
-            deflateEnd(&d->zs);
-            d->live = 0;
-        }
+        zlib_end(d);
         Py_RETURN_NONE;
     }
     if (hist_add(d, p, n) < 0) {
@@ -555,9 +564,7 @@ Deflater_flush(Deflater *d, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Deflater_drop(Deflater *d, PyObject *Py_UNUSED(ignored))
 {
-    int held = d->live || d->head != NULL;
-    deflater_idle(d);
-    return PyBool_FromLong(held);
+    return PyBool_FromLong(deflater_idle(d));
 }
 
 static PyObject *
@@ -570,7 +577,7 @@ Deflater_get_window(Deflater *d, void *Py_UNUSED(closure))
 static PyObject *
 Deflater_get_live(Deflater *d, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(d->live || d->head != NULL);
+    return PyBool_FromLong(deflater_holds(d));
 }
 
 static PyMethodDef Deflater_methods[] = {
